@@ -1,0 +1,114 @@
+"""`pplx-jax` command line: one subcommand per job; heavy imports happen inside each command."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+
+def _init_model(args) -> int:
+  """Create a randomly initialised model from a config (for from-scratch work and the quickstart)."""
+  import json
+
+  import ml_collections
+
+  from pplx_jax import checkpoint as ckpt
+  from pplx_jax import config as config_lib
+  from pplx_jax.models import qwen3
+  from pplx_jax.models.config import ModelConfig
+  from pplx_jax.tokenizers import load_tokenizer
+
+  cfg = config_lib.load_config(args.config, args.overrides)
+  model_dict = cfg.model if "model" in cfg else cfg
+  model_cfg = ModelConfig.from_dict(model_dict)
+  tok = load_tokenizer(args.tokenizer)
+  if tok.vocab_size > model_cfg.vocab_size:
+    raise SystemExit(f"error: tokenizer {args.tokenizer} has {tok.vocab_size} ids but model.vocab_size is "
+                     f"{model_cfg.vocab_size}; set --config.vocab_size={tok.vocab_size} or larger")
+  from pplx_jax.convert.convert import staged_output
+  with staged_output(args.workdir) as tmp:
+    model = qwen3.create_model(model_cfg, seed=args.seed)
+    ckpt.save(tmp, 0, ckpt.params_to_numpy(qwen3.params_of(model)), model_cfg, extra={"init_seed": args.seed})
+    tok.save(tmp / ckpt.TOKENIZER)
+    run_cfg = ml_collections.ConfigDict({"model": model_cfg.to_dict(), "seed": args.seed})
+    config_lib.save_config(run_cfg, tmp)
+  n = model_cfg.num_params()
+  print(f"wrote {args.workdir}: {n / 1e6:.2f}M parameters, vocab {model_cfg.vocab_size}, "
+        f"tokenizer {tok.kind} ({tok.vocab_size} ids)")
+  return 0
+
+
+def _tokenizer(args) -> int:
+  from pplx_jax import tokenizers
+  return tokenizers.run_train(args)
+
+
+def _convert(args) -> int:
+  from pplx_jax.convert import convert
+  return convert.run(args)
+
+
+def _embed(args) -> int:
+  from pplx_jax import embed
+  return embed.run(args)
+
+
+def _quickstart(args) -> int:
+  from pplx_jax import quickstart
+  return quickstart.run(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+  p = argparse.ArgumentParser(prog="pplx-jax", description="pplx-embed training recipe in JAX/Flax")
+  sub = p.add_subparsers(dest="command", required=True)
+
+  s = sub.add_parser("init", help="create a randomly initialised model checkpoint from a config")
+  s.add_argument("--config", required=True, help="a model config (configs/model/*.py) or a run config")
+  s.add_argument("--tokenizer", required=True, help="tokenizer folder (tokenizer.json or tokenizer.model)")
+  s.add_argument("--workdir", required=True, help="output workdir (must not exist or be empty)")
+  s.add_argument("--seed", type=int, default=0)
+  s.set_defaults(fn=_init_model)
+
+  s = sub.add_parser("tokenizer", help="tokenizer tools")
+  tsub = s.add_subparsers(dest="tokenizer_command", required=True)
+  t = tsub.add_parser("train", help="train a SentencePiece or byte-level BPE tokenizer on text files")
+  from pplx_jax.tokenizers import add_train_args
+  add_train_args(t)
+  t.set_defaults(fn=_tokenizer)
+
+  s = sub.add_parser("convert", help="convert between Hugging Face, pplx-jax and sentence-transformers")
+  from pplx_jax.convert.convert import add_args as convert_args
+  convert_args(s)
+  s.set_defaults(fn=_convert)
+
+  s = sub.add_parser("embed", help="embed texts with a model")
+  from pplx_jax.embed import add_args as embed_args
+  embed_args(s)
+  s.set_defaults(fn=_embed)
+
+  s = sub.add_parser("quickstart", help="the tiny end-to-end job on the CPU (README's main command)")
+  s.add_argument("--workdir", default="runs/quickstart")
+  s.add_argument("--force", action="store_true", help="delete the workdir first")
+  s.set_defaults(fn=_quickstart)
+  return p
+
+
+def main(argv: list[str] | None = None) -> int:
+  argv = list(sys.argv[1:] if argv is None else argv)
+  # `--config.a.b=value` overrides are collected separately so argparse never sees them.
+  overrides = [a for a in argv if a.startswith("--config.")]
+  argv = [a for a in argv if not a.startswith("--config.")]
+  args = build_parser().parse_args(argv)
+  args.overrides = overrides
+  from pplx_jax.errors import USER_ERRORS
+  try:
+    return int(args.fn(args) or 0)
+  except USER_ERRORS as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+  sys.exit(main())

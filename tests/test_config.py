@@ -1,0 +1,70 @@
+"""Config loading, overrides and validation: bad configs fail early, naming the key and the numbers."""
+
+import json
+
+import pytest
+
+from pplx_jax import config as config_lib
+from pplx_jax import sharding as shd
+from pplx_jax.models.config import ModelConfig
+
+
+def test_model_config_files_load_and_validate():
+  for name in ("tiny", "qwen3_0_6b", "qwen3_1_7b", "qwen3_4b", "qwen3_8b"):
+    cfg = config_lib.load_config(f"configs/model/{name}.py")
+    ModelConfig.from_dict(cfg)
+
+
+def test_overrides_apply_with_types():
+  cfg = config_lib.load_config("configs/model/tiny.py", ["--config.num_layers=3", "--config.rope_theta=500",
+                                                          "--config.attention=causal", "config.tie_embeddings=False"])
+  assert cfg.num_layers == 3 and cfg.rope_theta == 500.0 and isinstance(cfg.rope_theta, float)
+  assert cfg.attention == "causal" and cfg.tie_embeddings is False
+
+
+def test_unknown_override_key_suggests_close_keys():
+  with pytest.raises(config_lib.ConfigError, match=r"unknown config key 'num_layer'.*num_layers"):
+    config_lib.load_config("configs/model/tiny.py", ["--config.num_layer=3"])
+
+
+def test_wrong_type_names_the_key():
+  with pytest.raises(config_lib.ConfigError, match="num_layers"):
+    config_lib.load_config("configs/model/tiny.py", ["--config.num_layers=many"])
+
+
+def test_malformed_override_and_missing_file():
+  with pytest.raises(config_lib.ConfigError, match="--config.key=value"):
+    config_lib.load_config("configs/model/tiny.py", ["--num_layers=3"])
+  with pytest.raises(config_lib.ConfigError, match="does_not_exist.py"):
+    config_lib.load_config("configs/model/does_not_exist.py")
+
+
+def test_invalid_model_values_list_every_problem():
+  d = config_lib.load_config("configs/model/tiny.py").to_dict()
+  d.update(num_heads=6, num_kv_heads=4, head_dim=31, attention="sideways")
+  with pytest.raises(ValueError) as e:
+    ModelConfig.from_dict(d)
+  msg = str(e.value)
+  assert "num_heads=6" in msg and "num_kv_heads=4" in msg and "head_dim=31" in msg and "sideways" in msg
+  d = config_lib.load_config("configs/model/tiny.py").to_dict()
+  d["hidden"] = 3
+  with pytest.raises(ValueError, match=r"unknown model config keys \['hidden'\]"):
+    ModelConfig.from_dict(d)
+
+
+def test_layout_validation_names_numbers():
+  cfg = ModelConfig.from_dict(config_lib.load_config("configs/model/qwen3_0_6b.py"))
+  shd.validate_layout(cfg, {"data": 2, "fsdp": 16, "tensor": 4}, shd.DEFAULT_RULES, global_batch=1024)
+  with pytest.raises(ValueError, match=r"global batch 1000 is not divisible by the batch mesh axes \('data', "
+                                       r"'fsdp'\) of size 64"):
+    shd.validate_layout(cfg, {"data": 4, "fsdp": 16, "tensor": 1}, shd.DEFAULT_RULES, global_batch=1000)
+  with pytest.raises(ValueError, match=r"model.num_kv_heads=8 is not divisible by mesh axes \('tensor',\) of "
+                                       r"size 16"):
+    shd.validate_layout(cfg, {"data": 1, "fsdp": 4, "tensor": 16}, shd.DEFAULT_RULES)
+
+
+def test_save_config_round_trips(tmp_path):
+  cfg = config_lib.load_config("configs/model/tiny.py")
+  path = config_lib.save_config(cfg, tmp_path)
+  assert json.loads(path.read_text())["hidden_size"] == 64
+  assert config_lib.from_json_file(path).to_dict() == cfg.to_dict()

@@ -1,0 +1,420 @@
+"""Qwen3 model: parity with transformers (the independent reference), masking semantics, remat/scan equivalence,
+HF conversion round trips and errors, and the published model sizes.
+
+Everything runs on CPU in float32 with tiny random models; transformers/torch are the reference implementation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import importlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+from pplx_jax.convert import hf  # noqa: E402
+from pplx_jax.models import qwen3  # noqa: E402
+from pplx_jax.models.config import ModelConfig  # noqa: E402
+
+TOL = 1e-5  # max |Δ| against transformers in float32
+
+
+# ---------------------------------------------------------------------------------------------------- fixtures
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+  name: str
+  heads: int
+  kv_heads: int
+  head_dim: int  # deliberately != hidden // heads
+  hidden: int
+  mlp: int
+  tied: bool
+  length: int
+  vocab: int = 211
+  layers: int = 2
+  theta: float = 10_000.0
+  eps: float = 1e-6
+  seed: int = 0
+
+
+CASES = {c.name: c for c in (
+    Case("mha4_tied", heads=4, kv_heads=4, head_dim=16, hidden=48, mlp=80, tied=True, length=13, seed=1),
+    Case("gqa4x2_untied", heads=4, kv_heads=2, head_dim=24, hidden=64, mlp=96, tied=False, length=7, seed=2,
+         theta=1_000_000.0),
+    Case("gqa8x2_tied", heads=8, kv_heads=2, head_dim=8, hidden=32, mlp=72, tied=True, length=13, seed=3, eps=1e-5),
+    Case("mqa6x1_untied", heads=6, kv_heads=1, head_dim=20, hidden=40, mlp=64, tied=False, length=7, seed=4,
+         layers=3),
+)}
+
+
+def hf_config(case: Case, causal: bool):
+  return transformers.Qwen3Config(
+      vocab_size=case.vocab, hidden_size=case.hidden, intermediate_size=case.mlp, num_hidden_layers=case.layers,
+      num_attention_heads=case.heads, num_key_value_heads=case.kv_heads, head_dim=case.head_dim,
+      tie_word_embeddings=case.tied, is_causal=causal, rope_theta=case.theta, rms_norm_eps=case.eps)
+
+
+def _randomize_norms(module, seed: int):
+  """transformers initialises every RMSNorm to ones; random scales make a swapped q_norm/k_norm visible."""
+  g = torch.Generator().manual_seed(seed)
+  with torch.no_grad():
+    for name, p in module.named_parameters():
+      if name.endswith("norm.weight"):
+        p.copy_(1.0 + 0.2 * torch.randn(p.shape, generator=g))
+
+
+def state_dict_np(module) -> dict[str, np.ndarray]:
+  return {k: v.detach().cpu().numpy().copy() for k, v in module.state_dict().items()}
+
+
+@functools.lru_cache(maxsize=None)
+def hf_lm(name: str, causal: bool):
+  """transformers Qwen3ForCausalLM (its `.model` is a plain Qwen3Model). Same seed -> same weights either way."""
+  case = CASES[name]
+  hc = hf_config(case, causal)
+  torch.manual_seed(case.seed)
+  m = transformers.Qwen3ForCausalLM(hc).eval()
+  _randomize_norms(m, case.seed + 100)
+  assert m.config.is_causal is causal
+  return hc, m
+
+
+@functools.lru_cache(maxsize=None)
+def ours(name: str, causal: bool):
+  hc, m = hf_lm(name, causal)
+  cfg = hf.model_config_from_hf(hc.to_dict(), compute_dtype="float32", remat="none",
+                                attention="causal" if causal else "bidirectional")
+  return cfg, qwen3.model_from_params(cfg, hf.params_from_hf(state_dict_np(m), cfg))
+
+
+def padded_batch(case: Case, seed: int = 0):
+  """Batch 3: row 0 full, row 1 padded on the right, row 2 padded on the left."""
+  rng = np.random.RandomState(seed)
+  ids = rng.randint(0, case.vocab, (3, case.length)).astype(np.int32)
+  mask = np.ones((3, case.length), np.int32)
+  mask[1, case.length - 3:] = 0
+  mask[2, :4] = 0
+  return ids, mask
+
+
+_forward = nnx.jit(lambda model, ids, mask: model(ids, mask))
+_forward_logits = nnx.jit(lambda model, ids, mask: model.logits(model(ids, mask)))
+
+
+def run_ours(model, ids, mask=None):
+  mask = np.ones_like(ids) if mask is None else mask
+  return np.asarray(_forward(model, jnp.asarray(ids), jnp.asarray(mask)))
+
+
+def run_hf(m, ids, mask):
+  with torch.no_grad():
+    return m.model(input_ids=torch.tensor(ids, dtype=torch.long),
+                   attention_mask=torch.tensor(mask, dtype=torch.long)).last_hidden_state.numpy()
+
+
+# ---------------------------------------------------------------------------------------------------- parity
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["bidirectional", "causal"])
+@pytest.mark.parametrize("name", list(CASES))
+def test_hidden_states_match_transformers(name, causal):
+  case = CASES[name]
+  hc, m = hf_lm(name, causal)
+  cfg, model = ours(name, causal)
+  assert (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.hidden_size, cfg.mlp_dim, cfg.num_layers) == (
+      case.heads, case.kv_heads, case.head_dim, case.hidden, case.mlp, case.layers)
+  assert cfg.tie_embeddings is case.tied and cfg.rope_theta == case.theta and cfg.rms_norm_eps == case.eps
+  assert cfg.causal is causal
+
+  ids, mask = padded_batch(case)
+  ref = run_hf(m, ids, mask)
+  out = run_ours(model, ids, mask)
+  real = mask.astype(bool)
+  assert np.isfinite(out).all()
+  deltas = {row: float(np.abs(out[i] - ref[i])[real[i]].max())
+            for i, row in enumerate(["full", "right_pad", "left_pad"])}
+  print(f"{name} {'causal' if causal else 'bidirectional'} max|Δ| per row: {deltas}")
+  for row, d in deltas.items():
+    assert d <= TOL, f"{row}: max |Δ| {d:.3g} > {TOL}"
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_lm_logits_match_transformers(name):
+  case = CASES[name]
+  hc, m = hf_lm(name, True)
+  cfg, model = ours(name, True)
+  assert ("lm_head" in qwen3.params_of(model)) is (not case.tied)
+  ids, mask = padded_batch(case, seed=1)
+  with torch.no_grad():
+    ref = m(input_ids=torch.tensor(ids, dtype=torch.long),
+            attention_mask=torch.tensor(mask, dtype=torch.long)).logits.numpy()
+  out = np.asarray(_forward_logits(model, jnp.asarray(ids), jnp.asarray(mask)))
+  assert out.shape == ref.shape == (3, case.length, case.vocab) and out.dtype == np.float32
+  real = mask.astype(bool)
+  d = float(np.abs(out - ref)[real].max())
+  print(f"{name} logits max|Δ| {d:.3g} (max |logit| {np.abs(ref[real]).max():.3g})")
+  assert d <= TOL
+
+
+def test_causal_differs_from_bidirectional():
+  name = "gqa4x2_untied"
+  case = CASES[name]
+  _, m_bi = hf_lm(name, False)
+  _, m_ca = hf_lm(name, True)
+  sd_bi, sd_ca = state_dict_np(m_bi), state_dict_np(m_ca)
+  assert sd_bi.keys() == sd_ca.keys() and all(np.array_equal(sd_bi[k], sd_ca[k]) for k in sd_bi)
+  ids, mask = padded_batch(case)
+  mask[:] = 1  # no padding: the flag alone must change the result
+  # transformers: the is_causal config flag really switches the mask (guards the reference itself).
+  hf_bi, hf_ca = run_hf(m_bi, ids, mask), run_hf(m_ca, ids, mask)
+  assert np.abs(hf_bi[:, 0] - hf_ca[:, 0]).max() > 1e-2
+  # Position 0 sees only itself when causal and the whole row when bidirectional.
+  ours_bi, ours_ca = run_ours(ours(name, False)[1], ids), run_ours(ours(name, True)[1], ids)
+  assert np.abs(ours_bi[:, 0] - ours_ca[:, 0]).max() > 1e-2
+  assert np.abs(ours_bi - hf_bi).max() <= TOL and np.abs(ours_ca - hf_ca).max() <= TOL
+
+
+def test_bidirectional_sees_the_future_and_ignores_padding():
+  name = "mha4_tied"
+  case = CASES[name]
+  ids, mask = padded_batch(case)
+  _, bi = ours(name, False)
+  _, ca = ours(name, True)
+  base_bi, base_ca = run_ours(bi, ids, mask), run_ours(ca, ids, mask)
+
+  # Changing the last real token of each row changes position 0 (bidirectional) and leaves it alone (causal).
+  last = [case.length - 1, case.length - 4, case.length - 1]
+  first = [0, 0, 4]
+  changed = ids.copy()
+  for i, j in enumerate(last):
+    changed[i, j] = (changed[i, j] + 1) % case.vocab
+  new_bi, new_ca = run_ours(bi, changed, mask), run_ours(ca, changed, mask)
+  for i in range(3):
+    assert np.abs(new_bi[i, first[i]] - base_bi[i, first[i]]).max() > 1e-3, f"row {i}"
+    np.testing.assert_array_equal(new_ca[i, first[i]:last[i]], base_ca[i, first[i]:last[i]])
+
+  # Changing the ids under padding changes nothing on real tokens, exactly.
+  scrambled = np.where(mask == 0, (ids + 17) % case.vocab, ids)
+  assert (scrambled != ids).sum() == 7
+  real = mask.astype(bool)
+  for model, base in ((bi, base_bi), (ca, base_ca)):
+    out = run_ours(model, scrambled, mask)
+    np.testing.assert_array_equal(out[real], base[real])
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["bidirectional", "causal"])
+def test_packed_row_equals_separate_segments(causal):
+  name = "gqa8x2_tied"
+  _, model = ours(name, causal)
+  seg = np.array([[1, 1, 1, 2, 2, 2, 2, 0, 0]], np.int32)
+  ids = np.random.RandomState(5).randint(0, CASES[name].vocab, seg.shape).astype(np.int32)
+  packed = np.asarray(nnx.jit(lambda m, i, s: m(i, segment_ids=s))(model, jnp.asarray(ids), jnp.asarray(seg)))
+  first = run_ours(model, ids[:, :3])
+  second = run_ours(model, ids[:, 3:7])
+  d = max(np.abs(packed[:, :3] - first).max(), np.abs(packed[:, 3:7] - second).max())
+  print(f"packed vs separate ({'causal' if causal else 'bidirectional'}) max|Δ| {d:.3g}")
+  assert d <= TOL
+  # And positions restart per segment: the reference transformers agrees on each segment alone.
+  _, m = hf_lm(name, causal)
+  assert np.abs(run_hf(m, ids[:, 3:7], np.ones((1, 4), np.int32)) - second).max() <= TOL
+
+
+# ---------------------------------------------------------------------------------------------------- scan / remat / dtype
+
+
+@functools.lru_cache(maxsize=None)
+def _tiny():
+  import configs.model.tiny as tiny
+
+  cfg = ModelConfig.from_dict(tiny.get_config()).replace(vocab_size=256, compute_dtype="float32", remat="none",
+                                                         scan_layers=True)
+  params = jax.tree.map(np.asarray, qwen3.params_of(qwen3.create_model(cfg, seed=3)))
+  rng = np.random.RandomState(0)
+  ids = rng.randint(0, cfg.vocab_size, (2, 11)).astype(np.int32)
+  mask = np.ones_like(ids)
+  mask[1, 8:] = 0
+  w = rng.randn(2, 11, cfg.hidden_size).astype(np.float32)
+  return cfg, params, ids, mask, w
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _value_and_grad(graphdef, state, ids, mask, w):
+  def loss(state):
+    h = nnx.merge(graphdef, state)(ids, mask)
+    return jnp.sum(h * w), h
+
+  (_, h), g = jax.value_and_grad(loss, has_aux=True)(state)
+  return h, g
+
+
+def _hidden_and_grad(cfg, params, ids, mask, w):
+  graphdef, state = nnx.split(qwen3.model_from_params(cfg, params))
+  h, g = _value_and_grad(graphdef, state, ids, mask, w)
+  return np.asarray(h), jax.tree.map(np.asarray, nnx.to_pure_dict(g))
+
+
+def test_scan_and_remat_variants_agree():
+  cfg, params, ids, mask, w = _tiny()
+  ref_h, ref_g = _hidden_and_grad(cfg, params, ids, mask, w)
+  assert max(np.abs(x).max() for x in jax.tree.leaves(ref_g)) > 1e-2  # the gradient is not trivially zero
+  for variant in (dict(scan_layers=False), dict(remat="full"), dict(remat="dots"),
+                  dict(remat="full", scan_layers=False), dict(remat="save_attention_out")):
+    h, g = _hidden_and_grad(cfg.replace(**variant), params, ids, mask, w)
+    dh = float(np.abs(h - ref_h).max())
+    dg = max(float(np.abs(a - b).max()) for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(ref_g)))
+    print(f"{variant}: forward max|Δ| {dh:.3g}, grad max|Δ| {dg:.3g}")
+    assert jax.tree.structure(g) == jax.tree.structure(ref_g)
+    assert dh <= 1e-6 and dg <= 1e-6, variant
+
+
+def test_bfloat16_compute_is_close_to_float32():
+  cfg, params, ids, mask, _ = _tiny()
+  ref = run_ours(qwen3.model_from_params(cfg, params), ids, mask)
+  model16 = qwen3.model_from_params(cfg.replace(compute_dtype="bfloat16"), params)
+  out = _forward(model16, jnp.asarray(ids), jnp.asarray(mask))
+  assert out.dtype == jnp.bfloat16
+  assert qwen3.params_of(model16)["embed_tokens"].dtype == jnp.float32  # params stay in param_dtype
+  out = np.asarray(out.astype(jnp.float32))
+  real = mask.astype(bool)
+  rel = float(np.linalg.norm(out[real] - ref[real]) / np.linalg.norm(ref[real]))
+  rel_max = float(np.abs(out[real] - ref[real]).max() / np.abs(ref[real]).max())
+  print(f"bf16 vs fp32: relative L2 {rel:.3g}, max|Δ|/max|ref| {rel_max:.3g}")
+  assert np.isfinite(out).all() and rel <= 3e-2 and rel_max <= 3e-2
+
+
+# ---------------------------------------------------------------------------------------------------- conversion
+
+
+@pytest.mark.parametrize("kind", ["Qwen3Model-tied", "Qwen3ForCausalLM-tied", "Qwen3ForCausalLM-untied"])
+def test_round_trip_is_bit_exact(kind):
+  cls_name, tie = kind.split("-")
+  name = "mha4_tied" if tie == "tied" else "gqa4x2_untied"
+  hc = hf_config(CASES[name], causal=False)
+  torch.manual_seed(7)
+  m = getattr(transformers, cls_name)(hc).eval()
+  _randomize_norms(m, 8)
+  sd = state_dict_np(m)
+  cfg = hf.model_config_from_hf(hc.to_dict(), compute_dtype="float32", remat="none")
+  assert cfg.attention == "bidirectional"
+  model = qwen3.model_from_params(cfg, hf.params_from_hf(sd, cfg))
+  prefix = "model." if cls_name == "Qwen3ForCausalLM" else ""
+  back = hf.params_to_hf(qwen3.params_of(model), cfg, prefix=prefix)
+  expected_keys = set(sd)
+  if cls_name == "Qwen3ForCausalLM" and tie == "tied":
+    # torch's state_dict lists the tied head too; safetensors (save_pretrained) and params_to_hf do not.
+    np.testing.assert_array_equal(sd["lm_head.weight"], sd["model.embed_tokens.weight"])
+    expected_keys.discard("lm_head.weight")
+  assert set(back) == expected_keys
+  for k in expected_keys:
+    assert back[k].dtype == sd[k].dtype and back[k].shape == sd[k].shape, k
+    assert np.array_equal(back[k], sd[k]), k
+  # ... and the tensors HF would load: load_state_dict(strict) accepts them.
+  m2 = getattr(transformers, cls_name)(hc)
+  missing, unexpected = m2.load_state_dict({k: torch.from_numpy(v) for k, v in back.items()}, strict=False)
+  assert not unexpected and set(missing) <= {"lm_head.weight"}
+
+
+def _base_sd():
+  hc = hf_config(CASES["mha4_tied"], causal=False)
+  torch.manual_seed(0)
+  m = transformers.Qwen3Model(hc)
+  cfg = hf.model_config_from_hf(hc.to_dict())
+  return state_dict_np(m), cfg
+
+
+def test_conversion_errors_name_the_tensor():
+  sd, cfg = _base_sd()
+  hf.params_from_hf(sd, cfg)  # the unmodified dict converts
+
+  missing = dict(sd)
+  del missing["layers.1.mlp.up_proj.weight"]
+  with pytest.raises(hf.ConversionError, match=r"missing tensor 'layers\.1\.mlp\.up_proj\.weight'"):
+    hf.params_from_hf(missing, cfg)
+
+  wrong = dict(sd)
+  wrong["layers.0.self_attn.k_proj.weight"] = np.zeros((cfg.num_kv_heads * cfg.head_dim + 1, cfg.hidden_size),
+                                                       np.float32)
+  with pytest.raises(hf.ConversionError, match=r"layers\.0\.self_attn\.k_proj\.weight.*shape \(65, 48\)"):
+    hf.params_from_hf(wrong, cfg)
+
+  extra = dict(sd)
+  extra["layers.0.self_attn.q_proj.bias"] = np.zeros((cfg.num_heads * cfg.head_dim,), np.float32)
+  with pytest.raises(hf.ConversionError, match=r"unexpected tensors.*layers\.0\.self_attn\.q_proj\.bias"):
+    hf.params_from_hf(extra, cfg)
+
+  untied = dataclasses.replace(cfg, tie_embeddings=False)  # an untied config needs lm_head.weight
+  with pytest.raises(hf.ConversionError, match=r"missing tensor 'lm_head\.weight'"):
+    hf.params_from_hf(sd, untied)
+
+  bad_head = dict(sd, **{"lm_head.weight": sd["embed_tokens.weight"] + 1})  # tied, but a different copy
+  with pytest.raises(hf.ConversionError, match="lm_head.weight"):
+    hf.params_from_hf(bad_head, cfg)
+
+
+def test_llama_config_is_rejected():
+  llama = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                   num_attention_heads=4, architectures=["LlamaForCausalLM"]).to_dict()
+  with pytest.raises(hf.ConversionError, match="LlamaForCausalLM"):
+    hf.model_config_from_hf(llama)
+  llama.pop("architectures")
+  with pytest.raises(hf.ConversionError, match="llama"):
+    hf.model_config_from_hf(llama)
+
+
+# ---------------------------------------------------------------------------------------------------- published sizes
+
+# config module -> (layers, hidden, heads, kv heads, mlp, tied), published (total, non-embedding) and exact counts.
+PUBLISHED = {
+    "qwen3_0_6b": ((28, 1024, 16, 8, 3072, True), ("596M", "440M"), (596_049_920, 440_467_456)),
+    "qwen3_1_7b": ((28, 2048, 16, 8, 6144, True), ("1.72B", "1.41B"), (1_720_574_976, 1_409_410_048)),
+    "qwen3_4b": ((36, 2560, 32, 8, 9728, True), ("4.02B", "3.63B"), (4_022_468_096, 3_633_511_936)),
+    "qwen3_8b": ((36, 4096, 32, 8, 12288, False), ("8.19B", "6.95B"), (8_190_735_360, 6_946_075_648)),
+}
+
+
+def _matches_published(n: int, published: str) -> bool:
+  """True when n rounds to the published figure at its stated precision ("596M", "1.72B")."""
+  value, unit = published[:-1], published[-1]
+  decimals = len(value.split(".")[1]) if "." in value else 0
+  scale = {"M": 1e6, "B": 1e9}[unit]
+  return round(n / scale, decimals) == float(value)
+
+
+def _load(name) -> ModelConfig:
+  return ModelConfig.from_dict(importlib.import_module(f"configs.model.{name}").get_config())
+
+
+@pytest.mark.parametrize("name", list(PUBLISHED))
+def test_published_config_fields(name):
+  cfg = _load(name)
+  (layers, hidden, heads, kv, mlp, tied), _, _ = PUBLISHED[name]
+  assert (cfg.num_layers, cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.mlp_dim, cfg.tie_embeddings) == (
+      layers, hidden, heads, kv, mlp, tied)
+  assert cfg.head_dim == 128 and cfg.vocab_size == 151_936
+  assert cfg.rope_theta == 1_000_000.0 and cfg.rms_norm_eps == 1e-6
+  assert cfg.attention == "bidirectional"
+
+
+@pytest.mark.parametrize("name", list(PUBLISHED))
+def test_published_parameter_counts(name):
+  cfg = _load(name)
+  _, (pub_total, pub_body), (exact_total, exact_body) = PUBLISHED[name]
+  params = nnx.to_pure_dict(nnx.state(qwen3.abstract_model(cfg), nnx.Param))
+  sizes = {k: sum(int(np.prod(x.shape)) for x in jax.tree.leaves(v)) for k, v in params.items()}
+  actual_total = sum(sizes.values())
+  actual_body = actual_total - sizes["embed_tokens"] - sizes.get("lm_head", 0)
+  print(f"{name}: {actual_total:,} total, {actual_body:,} without embeddings")
+  assert ("lm_head" in params) is (not cfg.tie_embeddings)
+  assert cfg.num_params() == actual_total == exact_total
+  assert cfg.num_params(include_embeddings=False) == actual_body == exact_body
+  assert _matches_published(actual_total, pub_total), (actual_total, pub_total)
+  assert _matches_published(actual_body, pub_body), (actual_body, pub_body)
