@@ -55,6 +55,20 @@ def _embed(args) -> int:
   return embed.run(args)
 
 
+def _train(args) -> int:
+  from pplx_jax import config as config_lib
+  from pplx_jax.train import stages
+  cfg = config_lib.load_config(args.config, args.overrides)
+  result = stages.run_stage(cfg, args.workdir)
+  print(f"[train] finished at step {result.step}; checkpoints in {result.workdir / 'checkpoints'}")
+  return 0
+
+
+def _prepare(args) -> int:
+  from pplx_jax.data import builders
+  return builders.run_prepare(args)
+
+
 def _quickstart(args) -> int:
   from pplx_jax import quickstart
   return quickstart.run(args)
@@ -87,6 +101,16 @@ def build_parser() -> argparse.ArgumentParser:
   from pplx_jax.embed import add_args as embed_args
   embed_args(s)
   s.set_defaults(fn=_embed)
+
+  s = sub.add_parser("train", help="train a stage (resumes from the newest checkpoint in --workdir)")
+  s.add_argument("--config", required=True, help="configs/<stage>/<name>.py[:arg]")
+  s.add_argument("--workdir", required=True)
+  s.set_defaults(fn=_train)
+
+  s = sub.add_parser("prepare", help="turn text files (or WordNet) into a TFDS ArrayRecord dataset")
+  from pplx_jax.data.builders import add_prepare_args
+  add_prepare_args(s)
+  s.set_defaults(fn=_prepare)
 
   s = sub.add_parser("quickstart", help="the tiny end-to-end job on the CPU (README's main command)")
   s.add_argument("--workdir", default="runs/quickstart")

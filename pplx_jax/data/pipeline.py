@@ -1,0 +1,223 @@
+"""grain input pipeline for diffusion pretraining: tokenize, pack into rows with segment ids, batch.
+
+    records (TFDS data source) ─ this process's shard ─ shuffle(seed) per epoch ─ repeat
+      ─ tokenize (+EOS) ─ concat-then-split packing into rows of seq_len ─ batch ─ prefetch
+
+Every batch is ``{"input_ids": int32[b, seq_len], "segment_ids": int32[b, seq_len]}``: in each row the
+documents (or document pieces) are numbered 1, 2, ... and 0 marks padding (``input_ids`` there is the
+tokenizer's pad id). Attention must not cross segments. Packing is grain's
+``ConcatThenSplitIterDataset``: documents are concatenated in order and cut every ``seq_len`` tokens,
+so no token is dropped and rows are full except the very last one of a finite pipeline; a document cut
+at a row boundary continues, as a new segment, at the start of the next row. A final incomplete batch is
+completed with all-padding rows, so every batch has the same shape.
+
+Determinism and checkpoints: the order depends only on ``seed``, the epoch, the shard and the data
+(grain's index shuffle with seed + epoch), and ``get_state()`` is a small JSON-serialisable dict: a
+pipeline restored with ``set_state(state)`` yields exactly the batches the original would have yielded.
+Each process reads only records ``shard_index::shard_count`` (by default its JAX process index/count).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+STATE_FORMAT = "pplx_jax.pretrain_pipeline/1"
+
+
+def _document_text(record) -> str:
+  """A record of a prepared dataset (dict with "text"), or a bare str/bytes, as str."""
+  text = record["text"] if isinstance(record, dict) else record
+  if isinstance(text, np.ndarray):
+    text = text.item()
+  if isinstance(text, bytes):
+    text = text.decode("utf-8")
+  if not isinstance(text, str):
+    raise TypeError(f"expected a text record (dict with 'text', str or bytes), got {type(record).__name__}")
+  return text
+
+
+class _Tokenize:
+  """Record -> {"input_ids": int32[n]} (+ EOS); None for a document without tokens."""
+
+  def __init__(self, tokenizer, add_eos: bool):
+    self._tokenizer = tokenizer
+    self._eos = tokenizer.eos_id if add_eos else None
+
+  def __call__(self, record):
+    ids = self._tokenizer.encode_plain(_document_text(record))
+    if self._eos is not None:
+      ids.append(self._eos)
+    if not ids:
+      return None
+    return {"input_ids": np.asarray(ids, dtype=np.int32)}
+
+
+class _Collate:
+  """Packed rows -> one batch of fixed shape [batch_size, seq_len] (missing rows are all padding)."""
+
+  def __init__(self, batch_size: int, seq_len: int, pad_id: int):
+    self._shape = (batch_size, seq_len)
+    self._pad_id = pad_id
+
+  def __call__(self, rows: Sequence[dict]) -> dict:
+    input_ids = np.full(self._shape, self._pad_id, dtype=np.int32)
+    segment_ids = np.zeros(self._shape, dtype=np.int32)
+    for i, row in enumerate(rows):
+      seg = row["input_ids_segment_ids"]
+      segment_ids[i] = seg
+      input_ids[i] = np.where(seg > 0, row["input_ids"], self._pad_id)
+    return {"input_ids": input_ids, "segment_ids": segment_ids}
+
+
+def _shard(n: int, shard_index: int | None, shard_count: int | None) -> tuple[int, int]:
+  if shard_index is None or shard_count is None:
+    import jax
+
+    shard_index = jax.process_index() if shard_index is None else shard_index
+    shard_count = jax.process_count() if shard_count is None else shard_count
+  if not 0 <= shard_index < shard_count:
+    raise ValueError(f"shard_index must be in [0, {shard_count}), got {shard_index}")
+  if n < shard_count:
+    raise ValueError(f"{n} records cannot feed {shard_count} shards (processes): every shard needs a record")
+  return shard_index, shard_count
+
+
+def _packed_rows(source, tokenizer, seq_len: int, *, shard_index: int, shard_count: int, seed: int | None,
+                 num_epochs: int | None, add_eos: bool, read_threads: int):
+  """IterDataset of packed rows of this shard (shuffled per epoch if seed is not None)."""
+  import grain
+
+  if add_eos and tokenizer.eos_id is None:
+    raise ValueError("add_eos=True but the tokenizer has no eos token")
+  ds = grain.MapDataset.source(source)[shard_index::shard_count]
+  if seed is not None:
+    ds = ds.shuffle(seed=seed)  # before repeat: each epoch is a new permutation (seed + epoch)
+  if num_epochs != 1:
+    ds = ds.repeat(num_epochs)
+  ds = ds.map(_Tokenize(tokenizer, add_eos))
+  ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=max(64, 4 * read_threads)))
+  return grain.experimental.ConcatThenSplitIterDataset(ds, length_struct={"input_ids": seq_len})
+
+
+def _tuple_slices(state: Any) -> Any:
+  """JSON turns ConcatThenSplit's (start, stop) slice tuples into lists; grain compares them to tuples."""
+  if isinstance(state, dict):
+    return {k: ({f: tuple(v) for f, v in s.items()} if k == "remainder_slices" else _tuple_slices(s))
+            for k, s in state.items()}
+  if isinstance(state, list):
+    return [_tuple_slices(s) for s in state]
+  return state
+
+
+class PretrainPipeline:
+  """Iterator of packed pretraining batches for one process (see the module docstring).
+
+  Args:
+    source: random-access records (``load_split(...)``, or any sequence of dicts with "text", str or bytes).
+    tokenizer: a :class:`pplx_jax.tokenizers.Tokenizer` (``encode_plain`` is used; EOS appended if add_eos).
+    seq_len: row length in tokens.
+    batch_size: rows per batch *in this process*.
+    seed: shuffle seed (0 <= seed < 2**32); epoch e uses a permutation seeded with seed + e.
+    num_epochs: passes over this shard; None repeats forever.
+    shard_index, shard_count: which records this process reads (``shard_index::shard_count``);
+      default ``jax.process_index()`` / ``jax.process_count()``.
+    add_eos: append the tokenizer's EOS to every document.
+    worker_count: grain worker processes (``mp_prefetch``); 0 packs in this process (a background
+      thread prefetches ``prefetch_batches`` batches). Changing it changes the batches (each worker
+      packs its own slice), so resume with the same value.
+    read_threads: grain threads reading and tokenizing records.
+  """
+
+  def __init__(self, source, tokenizer, seq_len: int, batch_size: int, seed: int = 0,
+               num_epochs: int | None = None, shard_index: int | None = None, shard_count: int | None = None,
+               add_eos: bool = True, worker_count: int = 0, read_threads: int = 8, prefetch_batches: int = 2):
+    import grain
+
+    if seq_len < 1 or batch_size < 1:
+      raise ValueError(f"seq_len and batch_size must be positive, got {seq_len} and {batch_size}")
+    if num_epochs is not None and num_epochs < 1:
+      raise ValueError(f"num_epochs must be positive or None, got {num_epochs}")
+    if not 0 <= seed < 2**32:
+      raise ValueError(f"seed must be in [0, 2**32), got {seed}")
+    shard_index, shard_count = _shard(len(source), shard_index, shard_count)
+    self.seq_len, self.batch_size = seq_len, batch_size
+    self.shard_index, self.shard_count = shard_index, shard_count
+    self._config = {
+        "num_records": len(source), "seq_len": seq_len, "batch_size": batch_size, "seed": seed,
+        "num_epochs": num_epochs, "shard_index": shard_index, "shard_count": shard_count,
+        "add_eos": add_eos, "worker_count": worker_count, "vocab_size": tokenizer.vocab_size,
+    }
+    ds = _packed_rows(source, tokenizer, seq_len, shard_index=shard_index, shard_count=shard_count, seed=seed,
+                      num_epochs=num_epochs, add_eos=add_eos, read_threads=read_threads)
+    ds = ds.batch(batch_size, batch_fn=_Collate(batch_size, seq_len, tokenizer.pad_id))
+    if worker_count > 0:
+      _absl_flags_parsed()
+      ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
+    elif prefetch_batches > 0:
+      ds = grain.experimental.ThreadPrefetchIterDataset(ds, prefetch_buffer_size=prefetch_batches)
+    self.dataset = ds
+    self._iterator = iter(ds)
+
+  def __iter__(self) -> PretrainPipeline:
+    return self
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    return next(self._iterator)
+
+  def get_state(self) -> dict:
+    """JSON-serialisable position (after the last batch returned) plus the settings it depends on."""
+    return {"format": STATE_FORMAT, "config": dict(self._config), "iterator": self._iterator.get_state()}
+
+  def set_state(self, state: dict) -> None:
+    """Resume from `get_state()` (possibly JSON round-tripped); the settings must match."""
+    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+      raise ValueError(f"not a {STATE_FORMAT} state: {str(state)[:200]}")
+    diff = {k: (v, self._config.get(k)) for k, v in state["config"].items() if self._config.get(k) != v}
+    if diff:
+      raise ValueError("data-iterator state was saved with other settings (saved, current): "
+                       + ", ".join(f"{k}={a!r} vs {b!r}" for k, (a, b) in sorted(diff.items()))
+                       + "; the data position cannot be restored exactly")
+    self._iterator.set_state(_tuple_slices(state["iterator"]))
+
+  def close(self) -> None:
+    close = getattr(self._iterator, "close", None)
+    if close is not None:
+      close()
+
+
+def _absl_flags_parsed() -> None:
+  # grain's worker processes read absl flags; outside absl.app.run they are unparsed and raise.
+  from absl import flags
+
+  if not flags.FLAGS.is_parsed():
+    flags.FLAGS.mark_as_parsed()
+
+
+def eval_batches(source, tokenizer, seq_len: int, batch_size: int, max_batches: int | None = None, *,
+                 add_eos: bool = True, shard_index: int | None = None, shard_count: int | None = None,
+                 read_threads: int = 8) -> Iterator[dict[str, np.ndarray]]:
+  """Deterministic, finite evaluation batches (same format as :class:`PretrainPipeline`), no shuffling.
+
+  One pass over this process's shard of `source`, in record order. With `max_batches`, exactly
+  `max_batches` batches are yielded (all-padding batches once the shard is exhausted), so that every
+  process runs the same number of evaluation steps; without it, as many as the shard fills.
+  """
+  shard_index, shard_count = _shard(len(source), shard_index, shard_count)
+  ds = _packed_rows(source, tokenizer, seq_len, shard_index=shard_index, shard_count=shard_count, seed=None,
+                    num_epochs=1, add_eos=add_eos, read_threads=read_threads)
+  collate = _Collate(batch_size, seq_len, tokenizer.pad_id)
+  n = 0
+  for batch in ds.batch(batch_size, batch_fn=collate):
+    if max_batches is not None and n >= max_batches:
+      return
+    yield batch
+    n += 1
+  while max_batches is not None and n < max_batches:
+    yield collate([])
+    n += 1

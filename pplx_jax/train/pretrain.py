@@ -1,0 +1,126 @@
+"""Stage 1 of the paper: masked-diffusion continued pretraining (a Task for the shared trainer)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import nnx
+
+from pplx_jax import sharding as shd
+from pplx_jax.config import ConfigError
+from pplx_jax.models.config import ModelConfig
+from pplx_jax.objectives import diffusion
+from pplx_jax.tokenizers import load_tokenizer
+from pplx_jax.train import flops as flops_lib
+
+# The paper repurposes "an existing, rarely used token" of Qwen3's vocabulary; <|fim_pad|> never occurs in web text.
+# Our own tokenizers carry a dedicated <|mask|> piece, preferred when present.
+MASK_TOKEN_CANDIDATES = ("<|mask|>", "<|fim_pad|>")
+
+
+def resolve_mask_token_id(objective: ml_collections.ConfigDict, tokenizer, model_cfg: ModelConfig) -> int:
+  if int(objective.mask_token_id) >= 0:
+    mask_id = int(objective.mask_token_id)
+  else:
+    names = [objective.mask_token] if objective.mask_token else list(MASK_TOKEN_CANDIDATES)
+    ids = [tokenizer.token_to_id(n) for n in names]
+    found = [i for i in ids if i is not None]
+    if not found:
+      raise ConfigError(f"objective: none of the mask tokens {names} is in the tokenizer; set "
+                        f"objective.mask_token_id or objective.mask_token")
+    mask_id = found[0]
+  if mask_id >= model_cfg.vocab_size:
+    raise ConfigError(f"objective.mask_token_id={mask_id} is outside model.vocab_size={model_cfg.vocab_size}")
+  return mask_id
+
+
+def resolve_dataset(data: ml_collections.ConfigDict) -> Path:
+  from pplx_jax.data import builders
+  if data.source == "wordnet":
+    return builders.prepare_wordnet(data.dir, validation_fraction=float(data.validation_fraction),
+                                    seed=int(data.split_seed))
+  return builders.resolve_dataset_dir(data.source)
+
+
+class PretrainTask:
+
+  def __init__(self, cfg: ml_collections.ConfigDict, model_cfg: ModelConfig, tokenizer_dir: Path):
+    from pplx_jax.data import builders
+    self.cfg, self.model_cfg = cfg, model_cfg
+    self.tokenizer = load_tokenizer(tokenizer_dir)
+    if self.tokenizer.vocab_size > model_cfg.vocab_size:
+      raise ConfigError(f"tokenizer {tokenizer_dir} has {self.tokenizer.vocab_size} ids but model.vocab_size is "
+                        f"{model_cfg.vocab_size}")
+    obj = dict(cfg.objective.to_dict())
+    obj.pop("mask_token", None)
+    obj.pop("eval_ratios", None)
+    obj["mask_token_id"] = resolve_mask_token_id(cfg.objective, self.tokenizer, model_cfg)
+    if obj.get("vocab_limit", -1) in (-1, None):
+      obj["vocab_limit"] = None
+    self.objective = diffusion.DiffusionConfig.from_dict(obj)
+    self.seq_len = int(cfg.data.seq_len)
+    self.dataset_dir = resolve_dataset(cfg.data)
+    self.train_source = builders.load_split(self.dataset_dir, "train")
+    self.eval_source = builders.load_split(self.dataset_dir, "validation")
+    self._eval_fn = None
+
+  def train_data(self, per_process_batch: int, shard_index: int, shard_count: int):
+    from pplx_jax.data.pipeline import PretrainPipeline
+    return PretrainPipeline(self.train_source, self.tokenizer, self.seq_len, per_process_batch,
+                            seed=int(self.cfg.data.shuffle_seed), shard_index=shard_index, shard_count=shard_count)
+
+  def loss(self, model, batch, rng):
+    return diffusion.diffusion_loss(model, batch, rng, self.objective)
+
+  def tokens_per_step(self, global_batch: int) -> int:
+    return global_batch * self.seq_len
+
+  def flops_per_step(self, model_cfg: ModelConfig, global_batch: int) -> float:
+    return flops_lib.train_flops_per_token(model_cfg, self.seq_len, lm_head=True) * global_batch * self.seq_len
+
+  def evaluate(self, model_fn: Callable, step: int) -> dict[str, float]:
+    """Masked-token CE / accuracy at fixed mask ratios on the same held-out rows every time."""
+    from pplx_jax.data.pipeline import eval_batches
+    batches = list(eval_batches(self.eval_source, self.tokenizer, self.seq_len, int(self.cfg.train.eval_batch),
+                                int(self.cfg.train.eval_batches)))
+    if not batches:
+      return {}
+    ratios = tuple(float(r) for r in self.cfg.objective.eval_ratios)
+    model = model_fn()
+    graphdef, state = nnx.split(model)
+    if self._eval_fn is None:
+      cfg = self.objective
+      self._eval_fn = jax.jit(lambda s, b, rng: diffusion.eval_at_mask_ratios(nnx.merge(graphdef, s), b, rng, cfg,
+                                                                              ratios))
+    totals: dict[str, float] = {}
+    counts: dict[str, float] = {}
+    mesh = jax.sharding.get_abstract_mesh()
+    for i, b in enumerate(batches):
+      rng = jax.random.key(10_000 + i)  # fixed masks: comparable across steps
+      out = jax.device_get(self._eval_fn(state, {k: jnp.asarray(v) for k, v in b.items()}, rng))
+      for r in ratios:
+        tag = f"{r:g}"
+        n = float(out[f"eval/num_masked@{tag}"])
+        for kind in ("ce", "acc"):
+          key = f"eval/{kind}@{tag}"
+          totals[key] = totals.get(key, 0.0) + float(out[key]) * n
+          counts[key] = counts.get(key, 0.0) + n
+    return {k: totals[k] / max(counts[k], 1.0) for k in totals}
+
+
+def default_objective_config() -> ml_collections.ConfigDict:
+  return ml_collections.ConfigDict(dict(
+      mask_token_id=-1, mask_token="", eps=1e-3, t_sampler="stratified", weighting="elbo",
+      normalization="valid_tokens", shift=True, exclude_mask_logit=True, random_length_prob=0.01,
+      ce_chunk_size=1024, vocab_limit=-1, eval_ratios=(0.15, 0.5, 0.85)))
+
+
+def default_data_config() -> ml_collections.ConfigDict:
+  return ml_collections.ConfigDict(dict(
+      source="wordnet", dir="runs/data", tokenizer="", seq_len=128, validation_fraction=0.05, split_seed=0,
+      shuffle_seed=0))

@@ -1,0 +1,21 @@
+"""Stage name (config.stage) -> the Task that trains it with the shared trainer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import ml_collections
+
+from pplx_jax.config import ConfigError
+
+
+def task_factory(stage: str):
+  if stage == "pretrain":
+    from pplx_jax.train.pretrain import PretrainTask
+    return PretrainTask
+  raise ConfigError(f"config.stage={stage!r} is not a known stage (known: 'pretrain')")
+
+
+def run_stage(cfg: ml_collections.ConfigDict, workdir: str | Path, stop_after: int | None = None):
+  from pplx_jax.train import trainer
+  return trainer.train(cfg, workdir, task_factory(str(cfg.get("stage", ""))), stop_after=stop_after)
