@@ -119,8 +119,6 @@ def dataset_metadata(dataset_dir: str | os.PathLike) -> dict:
 
 def _build(name: str, out_dir, params: dict, skipped: dict, split_counts: dict,
            examples: Callable[[str], Iterator[tuple[str, dict]]], description: str) -> Path:
-  import tensorflow_datasets as tfds
-
   dataset_dir = Path(out_dir) / name / VERSION
   splits = [s for s in SPLITS if split_counts.get(s)]
   if "train" not in splits:
@@ -205,7 +203,8 @@ def prepare_text_dataset(
   index = {str(f): i for i, f in enumerate(files)}
 
   def examples(split: str):
-    for source, line, text in text_lib.iter_text_records(files, field=field, on_error=on_error):
+    # Pass 2 sees the records pass 1 accepted (skips were logged and counted there).
+    for source, line, text in text_lib.iter_text_records(files, field=field, on_error=on_error, log_skipped=False):
       if text_split(text, validation_fraction, seed) == split:
         yield f"{index[source]}:{line}", {"text": text, "source": source, "line": line}
 

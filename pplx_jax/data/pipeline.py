@@ -19,15 +19,15 @@ Each process reads only records ``shard_index::shard_count`` (by default its JAX
 
 from __future__ import annotations
 
-import logging
+import weakref
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+import grain
 import numpy as np
 
-log = logging.getLogger(__name__)
-
 STATE_FORMAT = "pplx_jax.pretrain_pipeline/1"
+_READ_CHUNK = 64  # records per batched read
 
 
 def _document_text(record) -> str:
@@ -42,20 +42,40 @@ def _document_text(record) -> str:
   return text
 
 
-class _Tokenize:
-  """Record -> {"input_ids": int32[n]} (+ EOS); None for a document without tokens."""
+class _ReadAndTokenize:
+  """A chunk of record indices -> [{"input_ids": int32[n]} (+ EOS)], documents without tokens left out.
 
-  def __init__(self, tokenizer, add_eos: bool):
+  The records are fetched with one batched read (`__getitems__`) where the source has it: a TFDS
+  ArrayRecord source serves a batch far faster than single records (measured ~40 us vs ~1 ms each).
+  """
+
+  def __init__(self, source, tokenizer, add_eos: bool):
+    self._source = source
     self._tokenizer = tokenizer
     self._eos = tokenizer.eos_id if add_eos else None
 
-  def __call__(self, record):
-    ids = self._tokenizer.encode_plain(_document_text(record))
-    if self._eos is not None:
-      ids.append(self._eos)
-    if not ids:
-      return None
-    return {"input_ids": np.asarray(ids, dtype=np.int32)}
+  def _read(self, indices: list[int]):
+    getitems = getattr(self._source, "__getitems__", None)
+    return getitems(indices) if getitems is not None else [self._source[i] for i in indices]
+
+  def __call__(self, indices) -> list[dict]:
+    out = []
+    for record in self._read([int(i) for i in indices]):
+      ids = self._tokenizer.encode_plain(_document_text(record))
+      if self._eos is not None:
+        ids.append(self._eos)
+      if ids:
+        out.append({"input_ids": np.asarray(ids, dtype=np.int32)})
+    return out
+
+
+class _Unbatch(grain.experimental.FlatMapTransform):
+  """A chunk (list) -> its elements, in order."""
+
+  max_fan_out = 1 << 20  # only used by MapDataset flat maps; ours runs on an IterDataset
+
+  def flat_map(self, element):
+    return element
 
 
 class _Collate:
@@ -91,17 +111,17 @@ def _shard(n: int, shard_index: int | None, shard_count: int | None) -> tuple[in
 def _packed_rows(source, tokenizer, seq_len: int, *, shard_index: int, shard_count: int, seed: int | None,
                  num_epochs: int | None, add_eos: bool, read_threads: int):
   """IterDataset of packed rows of this shard (shuffled per epoch if seed is not None)."""
-  import grain
-
   if add_eos and tokenizer.eos_id is None:
     raise ValueError("add_eos=True but the tokenizer has no eos token")
-  ds = grain.MapDataset.source(source)[shard_index::shard_count]
+  # grain shards, shuffles and repeats record *indices*; records are read and tokenized in chunks.
+  ds = grain.MapDataset.range(len(source))[shard_index::shard_count]
   if seed is not None:
     ds = ds.shuffle(seed=seed)  # before repeat: each epoch is a new permutation (seed + epoch)
   if num_epochs != 1:
     ds = ds.repeat(num_epochs)
-  ds = ds.map(_Tokenize(tokenizer, add_eos))
-  ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=max(64, 4 * read_threads)))
+  ds = ds.batch(_READ_CHUNK, batch_fn=list).map(_ReadAndTokenize(source, tokenizer, add_eos))
+  ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=2 * max(read_threads, 1)))
+  ds = grain.experimental.FlatMapIterDataset(ds, _Unbatch())
   return grain.experimental.ConcatThenSplitIterDataset(ds, length_struct={"input_ids": seq_len})
 
 
@@ -137,8 +157,6 @@ class PretrainPipeline:
   def __init__(self, source, tokenizer, seq_len: int, batch_size: int, seed: int = 0,
                num_epochs: int | None = None, shard_index: int | None = None, shard_count: int | None = None,
                add_eos: bool = True, worker_count: int = 0, read_threads: int = 8, prefetch_batches: int = 2):
-    import grain
-
     if seq_len < 1 or batch_size < 1:
       raise ValueError(f"seq_len and batch_size must be positive, got {seq_len} and {batch_size}")
     if num_epochs is not None and num_epochs < 1:
@@ -163,6 +181,8 @@ class PretrainPipeline:
       ds = grain.experimental.ThreadPrefetchIterDataset(ds, prefetch_buffer_size=prefetch_batches)
     self.dataset = ds
     self._iterator = iter(ds)
+    # Stop grain's prefetch threads before interpreter shutdown (their __del__ fails once modules are gone).
+    self._finalizer = weakref.finalize(self, _close_iterator, self._iterator)
 
   def __iter__(self) -> PretrainPipeline:
     return self
@@ -186,9 +206,22 @@ class PretrainPipeline:
     self._iterator.set_state(_tuple_slices(state["iterator"]))
 
   def close(self) -> None:
-    close = getattr(self._iterator, "close", None)
-    if close is not None:
-      close()
+    """Stop prefetching (threads or worker processes); the pipeline cannot be used afterwards."""
+    self._finalizer()
+
+
+def _close_iterator(iterator) -> None:
+  """Close a grain iterator chain once; later calls (its __del__ at interpreter exit) become no-ops."""
+  iterator.close()
+  todo = [iterator]
+  while todo:
+    node = todo.pop()
+    node.close = _noop
+    todo.extend(getattr(node, "_parents", ()))
+
+
+def _noop() -> None:
+  pass
 
 
 def _absl_flags_parsed() -> None:
@@ -213,11 +246,17 @@ def eval_batches(source, tokenizer, seq_len: int, batch_size: int, max_batches: 
                     num_epochs=1, add_eos=add_eos, read_threads=read_threads)
   collate = _Collate(batch_size, seq_len, tokenizer.pad_id)
   n = 0
-  for batch in ds.batch(batch_size, batch_fn=collate):
-    if max_batches is not None and n >= max_batches:
-      return
-    yield batch
-    n += 1
+  it = iter(ds.batch(batch_size, batch_fn=collate))
+  try:
+    while max_batches is None or n < max_batches:
+      try:
+        batch = next(it)
+      except StopIteration:
+        break
+      yield batch
+      n += 1
+  finally:
+    _close_iterator(it)
   while max_batches is not None and n < max_batches:
     yield collate([])
     n += 1

@@ -155,15 +155,18 @@ def iter_text_records(
     field: str = "text",
     on_error: str = "raise",
     stats: dict | None = None,
+    log_skipped: bool = True,
 ) -> Iterator[tuple[str, int, str]]:
   """Yield ``(source_file, line_no, text)`` for every good record of every input file, in order.
 
   ``line_no`` is 1-based for text and JSONL files and the 0-based row index for parquet files.
-  ``stats`` (optional, updated in place) counts ``records`` (yielded) and each skipped reason.
+  ``stats`` (optional, updated in place) counts ``records`` (yielded) and each skipped reason;
+  with ``log_skipped`` the first few skipped records of each reason are logged (warning).
   """
   if on_error not in ON_ERROR:
     raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
   stats = {} if stats is None else stats
+  stats.setdefault("records", 0)
   files = expand_inputs(paths_or_globs)
   for path in files:
     reader = _READERS[file_format(path)]
@@ -175,10 +178,10 @@ def iter_text_records(
           raise text
         n = stats.get(text.reason, 0) + 1
         stats[text.reason] = n
-        if n <= _LOGGED_PER_REASON:
+        if log_skipped and n <= _LOGGED_PER_REASON:
           log.warning("skipping bad record %s%s", text, " (further ones not logged)" if n == _LOGGED_PER_REASON else "")
         continue
-      stats["records"] = stats.get("records", 0) + 1
+      stats["records"] += 1
       yield str(path), line_no, text
 
 

@@ -16,6 +16,6 @@ def task_factory(stage: str):
   raise ConfigError(f"config.stage={stage!r} is not a known stage (known: 'pretrain')")
 
 
-def run_stage(cfg: ml_collections.ConfigDict, workdir: str | Path, stop_after: int | None = None):
+def run_stage(cfg: ml_collections.ConfigDict, workdir: str | Path, stop_after: int | None = None, devices=None):
   from pplx_jax.train import trainer
-  return trainer.train(cfg, workdir, task_factory(str(cfg.get("stage", ""))), stop_after=stop_after)
+  return trainer.train(cfg, workdir, task_factory(str(cfg.get("stage", ""))), stop_after=stop_after, devices=devices)

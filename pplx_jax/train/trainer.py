@@ -113,11 +113,15 @@ def _initial_model(cfg, model_cfg: ModelConfig, mesh, rules) -> tuple[qwen3.Qwen
 
 
 def train(cfg: ml_collections.ConfigDict, workdir: str | Path, task_factory: Callable[..., Task],
-          stop_after: int | None = None) -> TrainResult:
-  """Run (or resume) the stage described by `cfg` in `workdir`. `stop_after` ends early (tests, benchmarks)."""
+          stop_after: int | None = None, devices=None) -> TrainResult:
+  """Run (or resume) the stage described by `cfg` in `workdir`.
+
+  `stop_after` ends after that many steps (tests, benchmarks); `devices` restricts the mesh to some devices.
+  """
   workdir = Path(workdir).resolve()
-  model_cfg, mesh_shape, rules = validate(cfg)
-  mesh = shd.make_mesh(mesh_shape)
+  devices = list(devices) if devices is not None else jax.devices()
+  model_cfg, mesh_shape, rules = validate(cfg, len(devices))
+  mesh = shd.make_mesh(mesh_shape, devices)
   total_steps = int(cfg.train.steps)
   is_main = jax.process_index() == 0
   workdir.mkdir(parents=True, exist_ok=True)
@@ -186,7 +190,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str | Path, task_factory: Cal
     peak = flops_lib.device_peak_flops()
     if peak is None:
       peak = flops_lib.measure_matmul_peak()
-    peak_total = peak * jax.device_count()
+    peak_total = peak * len(devices)
 
     def model_fn():
       return nnx.merge(graphdef, nnx.State(params))
