@@ -1,7 +1,8 @@
 """The README's main job at tiny scale on the CPU, on real local text (Debian's WordNet):
 
-train a tokenizer -> create a tiny Qwen3 encoder from its config -> embed texts (float32 / int8 / binary) ->
-export to Hugging Face and sentence-transformers -> check that stock PyTorch loaders reproduce the embeddings.
+train a tokenizer -> masked-diffusion pretraining of a tiny Qwen3 (stage 1) -> embed texts (float32 / int8 /
+binary) -> export to Hugging Face and sentence-transformers -> check that stock PyTorch loaders reproduce the
+embeddings. Every step resumes or skips what is already done, so running it again continues where it stopped.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ def _step(msg: str) -> float:
 def run(args) -> int:
   import os
   os.environ.setdefault("HF_HUB_OFFLINE", "1")
-  from pplx_jax import cli, embed
+  from pplx_jax import embed
   from pplx_jax.convert import convert
   from pplx_jax.data import wordnet
   from pplx_jax.tokenizers import train_byte_level_bpe
@@ -46,11 +47,19 @@ def run(args) -> int:
   if not tok_dir.exists():
     train_byte_level_bpe([str(corpus)], tok_dir, vocab_size=4096)
 
-  _step("creating the tiny model from configs/model/tiny.py")
-  model_dir = work / "model"
-  if not model_dir.exists():
-    cli.main(["init", "--config", str(REPO / "configs/model/tiny.py"), "--tokenizer", str(tok_dir),
-              "--workdir", str(model_dir)])
+  _step("stage 1: masked-diffusion pretraining of the tiny Qwen3 on WordNet (configs/pretrain/tiny.py)")
+  from pplx_jax import config as config_lib
+  from pplx_jax.report import plot_pretraining
+  from pplx_jax.train import stages
+  from pplx_jax.train.metrics import read_jsonl
+  model_dir = work / "pretrain"
+  cfg = config_lib.load_config(REPO / "configs/pretrain/tiny.py",
+                               [f"--config.data.tokenizer={tok_dir}", f"--config.data.dir={work / 'data'}"])
+  stages.run_stage(cfg, model_dir)  # resumes, or returns at once when already complete
+  png = plot_pretraining(model_dir)
+  evals = [r for r in read_jsonl(model_dir / "metrics.jsonl") if "eval/ce@0.5" in r]
+  print(f"  held-out masked CE at mask ratio 0.5: step {evals[0]['step']}: {evals[0]['eval/ce@0.5']:.3f} -> "
+        f"step {evals[-1]['step']}: {evals[-1]['eval/ce@0.5']:.3f}; curve: {png}")
 
   _step("embedding WordNet lemmas and definitions")
   pairs = [p for p in wordnet.retrieval_pairs() if p["kind"] == "lemma"][:512]

@@ -157,8 +157,11 @@ def validate_param_sharding(abstract_state, mesh_shape: Mapping[str, int], rules
 
 
 def validate_layout(model_cfg, mesh_shape: Mapping[str, int], rules: Sequence[tuple[str, Any]],
-                    global_batch: int | None = None) -> None:
-  """Cheap, shape-only checks that run before anything compiles."""
+                    global_batch: int | None = None, num_devices: int | None = None) -> None:
+  """Cheap, shape-only checks that run before anything compiles. A -1 axis is resolved against `num_devices`
+  (default: all devices)."""
+  if any(int(v) == -1 for v in mesh_shape.values()):
+    mesh_shape = resolve_mesh_shape(mesh_shape, num_devices if num_devices is not None else jax.device_count())
   table = dict(rules)
   problems = []
 
@@ -177,10 +180,10 @@ def validate_layout(model_cfg, mesh_shape: Mapping[str, int], rules: Sequence[tu
       problems.append(f"{what}={value} is not divisible by mesh axes {axes} of size {n} (rule for {logical!r})")
   if global_batch is not None:
     axes, n = size_of("act_batch")
-    if global_batch % n:
+    if global_batch < n:
+      problems.append(f"global batch {global_batch} is smaller than the {n} batch shards of mesh axes {axes}")
+    elif global_batch % n:
       problems.append(f"global batch {global_batch} is not divisible by the batch mesh axes {axes} of size {n}")
-    elif global_batch % (n * 1) == 0 and global_batch // n < 1:
-      problems.append(f"global batch {global_batch} is smaller than the {n} batch shards")
   if problems:
     raise ValueError("config cannot run on this mesh " + str(dict(mesh_shape)) + ":\n  " + "\n  ".join(problems))
 

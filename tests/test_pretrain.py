@@ -199,3 +199,30 @@ def test_config_errors_fail_before_compiling(data_setup, tmp_path):
   with pytest.raises(ValueError, match=r"model.num_kv_heads=1 is not divisible by mesh axes \('tensor',\) of size 2"):
     stages.run_stage(cfg, tmp_path / "w2")
   assert not (tmp_path / "w2" / "checkpoints").exists()
+
+
+def test_starts_from_a_hugging_face_checkpoint(data_setup, tmp_path):
+  """train.init_from = an HF Qwen3 folder: the run starts from exactly those weights (lr 0 keeps them)."""
+  import torch
+  from transformers import Qwen3Config, Qwen3ForCausalLM
+  from pplx_jax.convert import hf
+  _, tok, ds = data_setup
+  torch.manual_seed(0)
+  hc = Qwen3Config(vocab_size=512, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                   num_key_value_heads=2, head_dim=8, tie_word_embeddings=True, rope_theta=1_000_000.0)
+  Qwen3ForCausalLM(hc).save_pretrained(tmp_path / "hf")
+  cfg = small_config(tok, ds, **{"train.steps": 1, "train.init_from": str(tmp_path / "hf"), "optimizer.lr": 0.0,
+                                 "model.rope_theta": 1_000_000.0})
+  stages.run_stage(cfg, tmp_path / "w", devices=jax.devices()[:1])
+  tensors, _ = hf.read_safetensors(tmp_path / "hf")
+  mcfg, _ = ckpt.read_model_config(ckpt.resolve(tmp_path / "w").path)
+  expected = hf.params_from_hf(tensors, mcfg)
+  got = _params(tmp_path / "w")
+  for (pa, a), (pb, b) in zip(jax.tree_util.tree_flatten_with_path(got)[0],
+                              jax.tree_util.tree_flatten_with_path(expected)[0]):
+    assert pa == pb and np.array_equal(a, b), pa
+  # A config whose architecture differs from the checkpoint is refused, naming the field.
+  bad = small_config(tok, ds, **{"train.init_from": str(tmp_path / "hf"), "model.mlp_dim": 96,
+                                 "model.rope_theta": 1_000_000.0})
+  with pytest.raises(ValueError, match=r"mlp_dim: config 96 vs checkpoint 64"):
+    stages.run_stage(bad, tmp_path / "w2", devices=jax.devices()[:1])

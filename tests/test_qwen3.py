@@ -15,14 +15,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import torch  # the reference: a missing torch/transformers is a failure, not a skip
+import transformers
 from flax import nnx
 
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
-
-from pplx_jax.convert import hf  # noqa: E402
-from pplx_jax.models import qwen3  # noqa: E402
-from pplx_jax.models.config import ModelConfig  # noqa: E402
+from pplx_jax.convert import hf
+from pplx_jax.models import qwen3
+from pplx_jax.models.config import ModelConfig
 
 TOL = 1e-5  # max |Δ| against transformers in float32
 
@@ -107,7 +106,8 @@ def padded_batch(case: Case, seed: int = 0):
   return ids, mask
 
 
-# Test-only compile option: LLVM -O0 halves CPU compile time (the HLO graph, fusion and float32 math are unchanged).
+# LLVM -O0 halves CPU compile time; the HLO graph, fusions and float32 math are unchanged. (conftest.py sets it
+# process-wide too; repeated here so this file stays fast when XLA_FLAGS is overridden.)
 FAST_COMPILE = {"xla_backend_optimization_level": 0}
 
 

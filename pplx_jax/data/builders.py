@@ -333,8 +333,7 @@ def run_prepare(args: argparse.Namespace) -> int:
   skipped = dataset_metadata(path).get("skipped") or {}
   print(f"dataset {path} ({time.perf_counter() - t0:.1f} s)")
   for split in SPLITS:
-    if split in sizes:
-      print(f"  {split}: {sizes[split]} records")
+    print(f"  {split}: {sizes[split]} records" if split in sizes else f"  {split}: 0 records (split omitted)")
   if skipped:
     print(f"  skipped bad records: {sum(skipped.values())} ("
           + ", ".join(f"{r}: {n}" for r, n in skipped.items()) + ")")

@@ -156,7 +156,10 @@ class Qwen3(nnx.Module):
     segment_ids = segment_ids.astype(jnp.int32)
     if positions is None:
       positions = segment_positions(segment_ids)
-    x = jnp.take(self.embed_tokens[...], input_ids, axis=0).astype(to_dtype(cfg.compute_dtype))
+    # Gather the table's embed dimension (FSDP all-gather) before the lookup, so the [B, S, D] result can be born
+    # batch-sharded instead of being rematerialised from a D-sharded gather.
+    table = constrain(self.embed_tokens[...], ("vocab", None))
+    x = jnp.take(table, input_ids, axis=0).astype(to_dtype(cfg.compute_dtype))
     x = constrain(x, ("act_batch", "act_length", "act_embed"))
     cos, sin = rope_tables(positions, cfg.head_dim, cfg.rope_theta)
 
@@ -186,10 +189,11 @@ class Qwen3(nnx.Module):
 def create_model(cfg: ModelConfig, seed: int = 0) -> Qwen3:
   """Build a randomly initialised model. Under `sharding.activate(mesh, rules)` the parameters are born sharded:
   the init runs inside jit, so no host ever holds a full unsharded copy."""
+  # Always under jit: one compiled init, and the same values with or without a mesh (eager init fuses differently).
   mesh = jax.sharding.get_abstract_mesh()
   if mesh is None or mesh.empty:
     with nnx.use_eager_sharding(False):
-      return Qwen3(cfg, rngs=nnx.Rngs(seed))
+      return nnx.jit(lambda: Qwen3(cfg, rngs=nnx.Rngs(seed)))()
   return nnx.jit(lambda: Qwen3(cfg, rngs=nnx.Rngs(seed)))()
 
 

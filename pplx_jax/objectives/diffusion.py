@@ -248,30 +248,34 @@ def _chunked_ce(xs: jax.Array, logits_fn: Callable[[jax.Array], jax.Array], targ
   tg_c = to_chunks(padded(targets.astype(jnp.int32), 0))
   sc_c = to_chunks(padded(score, False))
 
-  @jax.checkpoint
   def body(args):
     x, tg, sc = args
     return _chunk_ce(logits_fn(x), tg, sc, cfg)
 
-  if n_chunks == 1:
-    ce, correct = body((xs_c[0], tg_c[0], sc_c[0]))
+  if n_chunks == 1:  # outside a loop, prevent_cse keeps XLA from merging the recomputation with the forward pass
+    ce, correct = jax.checkpoint(body)((xs_c[0], tg_c[0], sc_c[0]))
     return ce[:, :length], correct[:, :length]
-  ce, correct = jax.lax.map(body, (xs_c, tg_c, sc_c))
+  ce, correct = jax.lax.map(jax.checkpoint(body, prevent_cse=False), (xs_c, tg_c, sc_c))
   ce = jnp.moveaxis(ce, 0, 1).reshape(b, n_chunks * chunk)[:, :length]
   correct = jnp.moveaxis(correct, 0, 1).reshape(b, n_chunks * chunk)[:, :length]
   return ce, correct
 
 
-def _targets_and_scores(token_ids: jax.Array, valid_mask: jax.Array, masked: jax.Array, cfg: DiffusionConfig):
+def _targets_and_scores(token_ids: jax.Array, valid_mask: jax.Array, masked: jax.Array, cfg: DiffusionConfig,
+                        segment_ids: jax.Array | None = None):
   """Targets and scored positions in the coordinates of the predicting position (hidden/logit index)."""
   valid = valid_mask.astype(bool)
   masked = masked.astype(bool) & valid
   token_ids = token_ids.astype(jnp.int32)
   if not cfg.shift:
     return token_ids, masked
-  # position j predicts token j+1; the last position predicts nothing; a predictor must itself be a real token.
+  # position j predicts token j+1; the last position predicts nothing; a predictor must itself be a real token
+  # (and, when segment ids are given, of the same segment).
+  ok = masked[:, 1:] & valid[:, :-1]
+  if segment_ids is not None:
+    ok = ok & (segment_ids[:, 1:] == segment_ids[:, :-1])
   targets = jnp.concatenate([token_ids[:, 1:], jnp.zeros_like(token_ids[:, :1])], axis=1)
-  score = jnp.concatenate([masked[:, 1:] & valid[:, :-1], jnp.zeros_like(masked[:, :1])], axis=1)
+  score = jnp.concatenate([ok, jnp.zeros_like(masked[:, :1])], axis=1)
   return targets, score
 
 
@@ -279,10 +283,11 @@ def _default_maskable(valid_mask: jax.Array, cfg: DiffusionConfig) -> jax.Array:
   return maskable_positions(valid_mask, None, cfg)
 
 
-def _loss_core(xs, logits_fn, token_ids, valid_mask, masked, p, cfg: DiffusionConfig, maskable_mask=None, t=None):
+def _loss_core(xs, logits_fn, token_ids, valid_mask, masked, p, cfg: DiffusionConfig, maskable_mask=None, t=None,
+               segment_ids=None):
   valid = valid_mask.astype(bool)
   masked = masked.astype(bool) & valid
-  targets, score = _targets_and_scores(token_ids, valid, masked, cfg)
+  targets, score = _targets_and_scores(token_ids, valid, masked, cfg, segment_ids)
   ce, correct = _chunked_ce(xs, logits_fn, targets, score, cfg)
 
   p = jnp.asarray(p, jnp.float32)
@@ -329,14 +334,16 @@ def _loss_core(xs, logits_fn, token_ids, valid_mask, masked, p, cfg: DiffusionCo
 
 def masked_diffusion_loss(hidden: jax.Array, head_weight: jax.Array, token_ids: jax.Array, valid_mask: jax.Array,
                           masked: jax.Array, p: jax.Array, cfg: DiffusionConfig, *,
-                          maskable_mask: jax.Array | None = None,
-                          t: jax.Array | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
+                          maskable_mask: jax.Array | None = None, t: jax.Array | None = None,
+                          segment_ids: jax.Array | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
   """Weighted masked cross-entropy from final hidden states, chunked over the sequence.
 
   hidden: [B, L, D] in the compute dtype; head_weight: [D, V] (cast to hidden's dtype, float32 accumulation).
   token_ids: clean ids [B, L]; valid_mask: real tokens [B, L]; masked: [B, L] (positions of `token_ids` that were
   replaced by the mask id); p: [B] masking probabilities (weights 1/p under "elbo").
   maskable_mask / t only feed the metrics realized_mask_rate / mean_t (defaults: the shift-aware valid positions / p).
+  segment_ids (optional, with the shift): a masked token is scored only if its predictor is in the same segment
+  (masks drawn from `maskable_positions` already guarantee it; this guards injected masks).
   Returns (loss f32 scalar, metrics dict of f32 scalars, gradient-stopped).
   """
   if hidden.ndim != 3 or head_weight.ndim != 2 or hidden.shape[-1] != head_weight.shape[0]:
@@ -349,17 +356,17 @@ def masked_diffusion_loss(hidden: jax.Array, head_weight: jax.Array, token_ids: 
   def logits_fn(h):
     return jnp.einsum("bcd,dv->bcv", h, w, preferred_element_type=jnp.float32)
 
-  return _loss_core(hidden, logits_fn, token_ids, valid_mask, masked, p, cfg, maskable_mask, t)
+  return _loss_core(hidden, logits_fn, token_ids, valid_mask, masked, p, cfg, maskable_mask, t, segment_ids)
 
 
 def masked_diffusion_loss_from_logits(logits: jax.Array, token_ids: jax.Array, valid_mask: jax.Array,
                                       masked: jax.Array, p: jax.Array, cfg: DiffusionConfig, *,
-                                      maskable_mask: jax.Array | None = None,
-                                      t: jax.Array | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
+                                      maskable_mask: jax.Array | None = None, t: jax.Array | None = None,
+                                      segment_ids: jax.Array | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
   """Same loss from ready-made logits [B, L, V] (logits[:, j] scores target j, or j+1 with the shift)."""
   if logits.ndim != 3 or logits.shape[:2] != token_ids.shape:
     raise ValueError(f"logits {logits.shape} must be [B, L, V] with [B, L] = token_ids {token_ids.shape}")
-  return _loss_core(logits, lambda x: x, token_ids, valid_mask, masked, p, cfg, maskable_mask, t)
+  return _loss_core(logits, lambda x: x, token_ids, valid_mask, masked, p, cfg, maskable_mask, t, segment_ids)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -392,7 +399,7 @@ def diffusion_loss(model, batch: Mapping[str, jax.Array], rng: jax.Array,
   noisy = jnp.where(masked, jnp.int32(cfg.mask_token_id), ids)
   hidden = model(noisy, segment_ids=seg)
   return masked_diffusion_loss(hidden, model.lm_head_weight(), ids, valid, masked, p, cfg,
-                               maskable_mask=maskable, t=t)
+                               maskable_mask=maskable, t=t, segment_ids=seg)
 
 
 def eval_at_mask_ratios(model, batch: Mapping[str, jax.Array], rng: jax.Array, cfg: DiffusionConfig,
@@ -416,7 +423,7 @@ def eval_at_mask_ratios(model, batch: Mapping[str, jax.Array], rng: jax.Array, c
     p, masked = fixed_ratio_noise(rng, maskable, float(r))
     noisy = jnp.where(masked, jnp.int32(cfg.mask_token_id), ids)
     hidden = model(noisy, segment_ids=seg)
-    _, m = masked_diffusion_loss(hidden, head, ids, valid, masked, p, cfg, maskable_mask=maskable)
+    _, m = masked_diffusion_loss(hidden, head, ids, valid, masked, p, cfg, maskable_mask=maskable, segment_ids=seg)
     tag = f"{float(r):g}"
     out[f"eval/ce@{tag}"] = m["masked_ce"]
     out[f"eval/acc@{tag}"] = m["masked_acc"]

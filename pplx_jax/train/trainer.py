@@ -203,6 +203,12 @@ def train(cfg: ml_collections.ConfigDict, workdir: str | Path, task_factory: Cal
 
     last = {}
     end = total_steps if stop_after is None else min(total_steps, step + int(stop_after))
+    if step == 0 and int(cfg.train.eval_every) > 0:  # the starting point of every held-out curve
+      ev = task.evaluate(model_fn, 0)
+      if ev:
+        writer.write(0, ev)
+        if is_main:
+          print("[eval] step 0: " + " ".join(f"{k}={v:.4g}" for k, v in ev.items()), flush=True)
     t_prev = None
     try:
       while step < end:

@@ -1,0 +1,711 @@
+#!/usr/bin/env python
+"""Stage-1 (masked-diffusion) train step: pplx-jax vs torch + transformers, and achieved FLOP/s vs a matmul peak.
+
+    python benchmarks/diffusion_step.py --preset cpu [--steps 5] [--warmup 2] [--json out.json]
+    python benchmarks/diffusion_step.py --preset qwen3-0.6b [--batch 4] [--remat full]      # GPU: MFU at seq 4096
+    python benchmarks/diffusion_step.py --preset cpu --sweep                                 # JAX variants, CPU
+
+What is timed, per shape, in one process:
+  * pplx-jax: the trainer's step (`pplx_jax.train.trainer.train`'s `train_step`): value_and_grad of
+    `diffusion.diffusion_loss` over a pure params dict merged with `nnx.merge(graphdef, nnx.State(p))`, the
+    stage's optax chain (`make_optimizer(default_config())`: global-norm clipping + AdamW with the decay mask + WSD
+    schedule), jitted with params/opt_state donated; synchronised by reading the loss on the host, as the trainer
+    does. float32 on CPU, bfloat16 compute (float32 params and optimizer) on GPU.
+  * torch reference: `transformers.Qwen3Model(Qwen3Config(..., is_causal=False))` (SDPA attention), a tied LM
+    head, the SAME objective written in torch (stratified t, Bernoulli masks with p = eps + (1 - eps) t, the mask id
+    written over masked tokens, shifted targets, float32 CE with the mask logit excluded, weighted 1/p and normalised
+    by the valid tokens, masked accuracy), clip_grad_norm_(1.0) and torch.optim.AdamW (decay on matrices only),
+    synchronised by `loss.item()`; torch threads = CPU count. Parameter counts are asserted equal.
+The two are timed interleaved (one JAX step, one torch step, ...) so both see the same machine load; each column is
+the median of the timed steps. Model FLOPs per step come from `pplx_jax.train.flops.train_flops_per_token`
+(3 x forward, LM head included; remat recomputation is not counted). The matmul peak is the best of a few square
+float32 matmuls (JAX and torch, 1024 and 2048), measured before and after the steps in the same run.
+
+Only jax, flax, optax and numpy are required; without torch (or transformers) the torch column is skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if _ROOT not in sys.path:
+  sys.path.insert(0, _ROOT)
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+# ----------------------------------------------------------------------------------------------------------------
+# Shapes
+
+# name, hidden, layers, heads, kv_heads, head_dim, mlp, vocab, batch, seq
+CPU_SHAPES = (
+    dict(name="h256-b16-s128", hidden=256, layers=4, heads=4, kv_heads=2, head_dim=64, mlp=768, vocab=8192,
+         batch=16, seq=128),
+    dict(name="h256-b8-s256", hidden=256, layers=4, heads=4, kv_heads=2, head_dim=64, mlp=768, vocab=8192,
+         batch=8, seq=256),
+    dict(name="h512-b8-s128", hidden=512, layers=4, heads=8, kv_heads=4, head_dim=64, mlp=1536, vocab=8192,
+         batch=8, seq=128),
+)
+
+# configs/model/qwen3_0_6b.py (Qwen/Qwen3-0.6B-Base)
+QWEN3_0_6B = dict(name="qwen3-0.6b", hidden=1024, layers=28, heads=16, kv_heads=8, head_dim=128, mlp=3072,
+                  vocab=151_936, batch=4, seq=4096)
+
+# The fastest JAX settings found on CPU (see benchmarks/README.md and --sweep) and the GPU defaults.
+CPU_DEFAULTS = dict(scan=True, remat="none", ce_chunk=1024, attn="library", ce="fused", dtype="float32")
+GPU_DEFAULTS = dict(scan=True, remat="full", ce_chunk=1024, attn="library", ce="fused", dtype="bfloat16")
+
+# --sweep: each variant changes the CPU defaults by these fields (measured round-robin in one process).
+SWEEP = (
+    ("default", {}),
+    ("library CE (checkpointed chunks)", dict(ce="library")),
+    ("remat=full", dict(remat="full")),
+    ("remat=dots", dict(remat="dots")),
+    ("scan_layers=False", dict(scan=False)),
+    ("attn=folded (GQA groups folded into rows)", dict(attn="folded")),
+    ("ce_chunk=256", dict(ce_chunk=256)),
+    ("ce_chunk=4096 (one chunk)", dict(ce_chunk=4096)),
+    ("naive (library CE, remat=full, scan)", dict(ce="library", remat="full")),
+)
+
+
+def parse_args(argv=None):
+  ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                               formatter_class=argparse.RawDescriptionHelpFormatter)
+  ap.add_argument("--preset", choices=("cpu", "qwen3-0.6b"), default="cpu")
+  ap.add_argument("--steps", type=int, default=None, help="timed steps per framework (cpu 5, gpu 10)")
+  ap.add_argument("--warmup", type=int, default=None, help="untimed steps after compilation (cpu 1, gpu 3)")
+  ap.add_argument("--json", default="", help="write the results here")
+  ap.add_argument("--shapes", default="", help="comma-separated shape names to keep (cpu preset)")
+  ap.add_argument("--no-torch", action="store_true", help="skip the torch reference")
+  ap.add_argument("--sweep", action="store_true", help="time the JAX variants of SWEEP on the first shape")
+  ap.add_argument("--xla-flags", default="", help="appended to XLA_FLAGS before jax is imported")
+  # JAX step knobs (defaults: CPU_DEFAULTS / GPU_DEFAULTS)
+  ap.add_argument("--scan", choices=("true", "false"), default=None, help="scan over layers")
+  ap.add_argument("--remat", choices=("none", "full", "dots", "dots_with_no_batch_dims", "save_attention_out"),
+                  default=None)
+  ap.add_argument("--ce-chunk", type=int, default=None, help="DiffusionConfig.ce_chunk_size")
+  ap.add_argument("--attn", choices=("library", "folded"), default=None,
+                  help="library: pplx_jax.models.attention; folded: GQA groups folded into the query rows")
+  ap.add_argument("--ce", choices=("library", "fused"), default=None,
+                  help="library: diffusion.masked_diffusion_loss (chunked, checkpointed); fused: gradients of the "
+                       "weighted CE computed chunk by chunk in the forward pass (no logits recomputation)")
+  ap.add_argument("--dtype", choices=("float32", "bfloat16"), default=None, help="JAX compute dtype")
+  # shape overrides (e.g. a small smoke test of the GPU preset on CPU)
+  for name in ("batch", "seq", "layers", "hidden", "vocab"):
+    ap.add_argument(f"--{name}", type=int, default=None)
+  ap.add_argument("--matmul-n", default="1024,2048", help="square matmul sizes for the peak")
+  ap.add_argument("--check", action="store_true", help="check the fused CE against the library loss first")
+  return ap.parse_args(argv)
+
+
+ARGS = parse_args() if __name__ == "__main__" else None
+if ARGS is not None and ARGS.xla_flags:
+  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + ARGS.xla_flags).strip()
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import optax  # noqa: E402
+from flax import nnx  # noqa: E402
+
+from pplx_jax.models import attention as attn_lib  # noqa: E402
+from pplx_jax.models import qwen3  # noqa: E402
+from pplx_jax.models.config import ModelConfig  # noqa: E402
+from pplx_jax.objectives import diffusion  # noqa: E402
+from pplx_jax.train import flops as flops_lib  # noqa: E402
+from pplx_jax.train.optimizer import default_config as optimizer_config  # noqa: E402
+from pplx_jax.train.optimizer import global_norm, make_optimizer  # noqa: E402
+
+try:
+  import torch
+  import transformers
+  HAVE_TORCH = True
+except Exception:  # pragma: no cover - the GPU image may lack torch
+  torch = transformers = None
+  HAVE_TORCH = False
+
+MASK_ID_FROM_END = 1  # mask id = vocab - 1 (an id the random data never uses)
+TOTAL_STEPS = 100_000  # for the LR schedule only
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# JAX variants (prototyped here; the fused CE and folded attention are candidates for the library)
+
+
+def folded_attention(q, k, v, segment_ids, causal):
+  """Same function as attention._xla_attention; the g query heads sharing a KV head are folded into the row axis so
+  both attention matmuls are plain batched [b*kv] matmuls with leading batch dims."""
+  b, s, n, h = q.shape
+  kv = k.shape[2]
+  g = n // kv
+  qf = q.reshape(b, s, kv, g, h).transpose(0, 2, 3, 1, 4).reshape(b, kv, g * s, h)
+  kt = k.transpose(0, 2, 1, 3)
+  vt = v.transpose(0, 2, 1, 3)
+  scores = jnp.einsum("bkqh,bksh->bkqs", qf, kt, preferred_element_type=jnp.float32) * (h ** -0.5)
+  scores = scores.reshape(b, kv, g, s, s)
+  mask = attn_lib.attention_mask(segment_ids, causal)[:, :, None]  # [B, 1, 1, S, S]
+  scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
+  probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype).reshape(b, kv, g * s, s)
+  out = jnp.einsum("bkqs,bksh->bkqh", probs, vt)
+  return out.reshape(b, kv, g, s, h).transpose(0, 3, 1, 2, 4).reshape(b, s, n, h)
+
+
+def _ce_coefficients(valid, score, p, cfg):
+  """d loss / d ce per position: the loss is linear in the per-position CE with coefficients that do not depend on
+  the parameters (weights 1/p and the normaliser), so the CE gradients can be formed in the forward pass."""
+  p = jnp.asarray(p, jnp.float32)
+  if cfg.weighting == "elbo":
+    w = jnp.where(p > 0, 1.0 / jnp.where(p > 0, p, 1.0), 0.0)
+  else:
+    w = jnp.ones_like(p)
+  scf = score.astype(jnp.float32)
+  row_valid = jnp.sum(valid, axis=1, dtype=jnp.float32)
+  if cfg.normalization == "valid_tokens":
+    per_row = w / jnp.maximum(jnp.sum(row_valid), 1.0)
+  elif cfg.normalization == "masked_tokens":
+    per_row = w / jnp.maximum(jnp.sum(scf), 1.0)
+  else:  # sequence
+    has = row_valid > 0
+    per_row = jnp.where(has, w / jnp.maximum(row_valid, 1.0), 0.0) / jnp.maximum(jnp.sum(has, dtype=jnp.float32), 1.0)
+  return w, per_row[:, None] * scf
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
+def fused_weighted_ce(hidden, w, targets, coeff, score, cfg):
+  """(sum coeff * ce, sum ce, sum correct) over [B, L] positions, chunked over the sequence.
+
+  The forward pass also forms d(sum coeff * ce)/d(hidden, w) chunk by chunk (softmax - onehot, two matmuls), so the
+  backward pass is a scale: 3 LM-head matmuls per chunk instead of 4 (forward, checkpoint recompute, 2 grads), and
+  the softmax is computed once instead of twice."""
+  out, _ = _fused_fwd(hidden, w, targets, coeff, score, cfg)
+  return out
+
+
+def _fused_fwd(hidden, w, targets, coeff, score, cfg):
+  b, length, d = hidden.shape
+  vocab = w.shape[1]
+  chunk = min(cfg.ce_chunk_size, length)
+  n_chunks = -(-length // chunk)
+  pad = n_chunks * chunk - length
+
+  def to_chunks(a, value):
+    if pad:
+      a = jnp.pad(a, [(0, 0), (0, pad)] + [(0, 0)] * (a.ndim - 2), constant_values=value)
+    return jnp.moveaxis(a.reshape((b, n_chunks, chunk) + a.shape[2:]), 1, 0)
+
+  wc = w.astype(hidden.dtype)
+  banned_ids = []
+  if cfg.exclude_mask_logit and cfg.mask_token_id < vocab:
+    banned_ids.append(cfg.mask_token_id)
+
+  def body(dw, args):
+    x, tg, cf, sc = args
+    logits = jnp.einsum("bcd,dv->bcv", x, wc, preferred_element_type=jnp.float32)
+    iota = jax.lax.broadcasted_iota(jnp.int32, logits.shape, 2)
+    banned = None
+    for i in banned_ids:
+      banned = iota == i if banned is None else banned | (iota == i)
+    if cfg.vocab_limit is not None and cfg.vocab_limit < vocab:
+      over = iota >= cfg.vocab_limit
+      banned = over if banned is None else banned | over
+    if banned is not None:
+      logits = jnp.where(banned, -jnp.inf, logits)
+    m = jnp.max(logits, axis=-1, keepdims=True)
+    e = jnp.exp(logits - m)
+    s = jnp.sum(e, axis=-1, keepdims=True)
+    lse = (m + jnp.log(s))[..., 0]
+    onehot = iota == tg[..., None]
+    tl = jnp.sum(jnp.where(onehot, logits, 0.0), axis=-1)
+    ce = jnp.where(sc, lse - tl, 0.0)
+    correct = (jnp.argmax(logits, axis=-1).astype(jnp.int32) == tg) & sc
+    dlogits = (cf[..., None] * (e / s - onehot.astype(jnp.float32))).astype(x.dtype)
+    dx = jnp.einsum("bcv,dv->bcd", dlogits, wc, preferred_element_type=jnp.float32).astype(x.dtype)
+    dw = dw + jnp.einsum("bcd,bcv->dv", x, dlogits, preferred_element_type=jnp.float32)
+    return dw, (ce, correct, dx)
+
+  xs = (to_chunks(hidden, 0), to_chunks(targets.astype(jnp.int32), 0), to_chunks(coeff.astype(jnp.float32), 0.0),
+        to_chunks(score, False))
+  dw0 = jnp.zeros((d, vocab), jnp.float32)
+  if n_chunks == 1:
+    dw, (ce, correct, dx) = body(dw0, jax.tree.map(lambda a: a[0], xs))
+    ce, correct, dx = ce[None], correct[None], dx[None]
+  else:
+    dw, (ce, correct, dx) = jax.lax.scan(body, dw0, xs)
+  unchunk = lambda a: jnp.moveaxis(a, 0, 1).reshape((b, n_chunks * chunk) + a.shape[3:])[:, :length]
+  ce, correct, dx = unchunk(ce), unchunk(correct), unchunk(dx)
+  loss = jnp.sum(ce * coeff)
+  out = (loss, jnp.sum(ce), jnp.sum(correct, dtype=jnp.float32))
+  return out, (dx, dw.astype(w.dtype))
+
+
+def _fused_bwd(cfg, res, g):
+  dx, dw = res
+  gl = g[0]
+  return (gl.astype(dx.dtype) * dx, gl.astype(dw.dtype) * dw, None, None, None)
+
+
+fused_weighted_ce.defvjp(_fused_fwd, _fused_bwd)
+
+
+def fused_masked_diffusion_loss(hidden, head_weight, token_ids, valid_mask, masked, p, cfg, *, maskable_mask=None,
+                                t=None):
+  """Drop-in for diffusion.masked_diffusion_loss (same loss and metrics) built on fused_weighted_ce."""
+  valid = valid_mask.astype(bool)
+  masked = masked.astype(bool) & valid
+  targets, score = diffusion._targets_and_scores(token_ids, valid, masked, cfg)
+  w, coeff = _ce_coefficients(valid, score, p, cfg)
+  sg = jax.lax.stop_gradient
+  loss, ce_sum, correct_sum = fused_weighted_ce(hidden, head_weight, targets, sg(coeff), score, cfg)
+  scf = score.astype(jnp.float32)
+  row_valid = jnp.sum(valid, axis=1, dtype=jnp.float32)
+  num_masked = jnp.sum(scf)
+  maskable = diffusion._default_maskable(valid, cfg) if maskable_mask is None else maskable_mask.astype(bool) & valid
+  rows_valid = row_valid > 0
+  t = jnp.asarray(p, jnp.float32) if t is None else jnp.asarray(t, jnp.float32)
+  rows_masked = jnp.sum(scf, axis=1) > 0
+  metrics = {
+      "loss": loss,
+      "masked_ce": ce_sum / jnp.maximum(num_masked, 1.0),
+      "masked_acc": correct_sum / jnp.maximum(num_masked, 1.0),
+      "num_masked": num_masked,
+      "num_valid": jnp.sum(row_valid),
+      "realized_mask_rate": jnp.sum(masked & maskable, dtype=jnp.float32)
+                            / jnp.maximum(jnp.sum(maskable, dtype=jnp.float32), 1.0),
+      "mean_t": jnp.sum(jnp.where(rows_valid, t, 0.0)) / jnp.maximum(jnp.sum(rows_valid, dtype=jnp.float32), 1.0),
+      "max_weight": jnp.max(jnp.where(rows_masked, w, 0.0)),
+  }
+  return loss.astype(jnp.float32), {k: sg(v.astype(jnp.float32)) for k, v in metrics.items()}
+
+
+class patched:
+  """Swap the library's attention / loss for a variant while a step is traced (jit traces on the first call)."""
+
+  def __init__(self, attn: str, ce: str):
+    self.attn, self.ce = attn, ce
+
+  def __enter__(self):
+    self._saved = (attn_lib._xla_attention, diffusion.masked_diffusion_loss)
+    if self.attn == "folded":
+      attn_lib._xla_attention = folded_attention
+    if self.ce == "fused":
+      diffusion.masked_diffusion_loss = fused_masked_diffusion_loss
+
+  def __exit__(self, *exc):
+    attn_lib._xla_attention, diffusion.masked_diffusion_loss = self._saved
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The two steps
+
+
+def model_config(shape, opts) -> ModelConfig:
+  return ModelConfig(vocab_size=shape["vocab"], hidden_size=shape["hidden"], num_layers=shape["layers"],
+                     num_heads=shape["heads"], num_kv_heads=shape["kv_heads"], head_dim=shape["head_dim"],
+                     mlp_dim=shape["mlp"], compute_dtype=opts["dtype"], param_dtype="float32",
+                     remat=opts["remat"], scan_layers=bool(opts["scan"]), tie_embeddings=True,
+                     attention="bidirectional")
+
+
+def objective_config(shape, opts) -> diffusion.DiffusionConfig:
+  # The stage's defaults (pretrain.default_objective_config) except random_length_prob: a truncated row would need
+  # an explicit attention mask in the torch reference (a different SDPA path); in JAX it only changes masks.
+  return diffusion.DiffusionConfig(mask_token_id=shape["vocab"] - MASK_ID_FROM_END, eps=1e-3,
+                                   t_sampler="stratified", weighting="elbo", normalization="valid_tokens",
+                                   shift=True, exclude_mask_logit=True, random_length_prob=0.0,
+                                   ce_chunk_size=int(opts["ce_chunk"]))
+
+
+def make_batch(shape, seed=0):
+  rs = np.random.RandomState(seed)
+  ids = rs.randint(0, shape["vocab"] - 16, size=(shape["batch"], shape["seq"])).astype(np.int32)
+  seg = np.ones_like(ids)  # one document per row, no padding
+  return {"input_ids": ids, "segment_ids": seg}
+
+
+class JaxStep:
+  """trainer.train's train_step (same structure), on one device."""
+
+  def __init__(self, shape, opts, batch, seed=0):
+    self.opts = dict(opts)
+    self.cfg = model_config(shape, opts)
+    self.obj = objective_config(shape, opts)
+    model = qwen3.create_model(self.cfg, seed=seed)
+    graphdef, state = nnx.split(model)
+    params = nnx.to_pure_dict(state)
+    del model, state
+    tx, schedule = make_optimizer(optimizer_config(), TOTAL_STEPS)
+    opt_state = jax.jit(tx.init)(params)
+    base_rng = jax.random.key(seed)
+    obj = self.obj
+
+    def train_step(params, opt_state, batch, step):
+      rng = jax.random.fold_in(base_rng, step)
+
+      def loss_fn(p):
+        return diffusion.diffusion_loss(nnx.merge(graphdef, nnx.State(p)), batch, rng, obj)
+
+      (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+      updates, opt_state = tx.update(grads, opt_state, params)
+      params = optax.apply_updates(params, updates)
+      metrics = dict(metrics, loss=loss, grad_norm=global_norm(grads), lr=schedule(step))
+      return params, opt_state, metrics
+
+    self.num_params = int(sum(x.size for x in jax.tree.leaves(params)))
+    self.params, self.opt_state = params, opt_state
+    self.batch = {k: jnp.asarray(v) for k, v in batch.items()}
+    self.step_idx = 0
+    self._fn = jax.jit(train_step, donate_argnums=(0, 1))
+    t = time.perf_counter()
+    with patched(opts["attn"], opts["ce"]):
+      self._fn = self._fn.lower(self.params, self.opt_state, self.batch, jnp.asarray(0, jnp.int32)).compile()
+    self.compile_s = time.perf_counter() - t
+
+  def __call__(self) -> float:
+    self.params, self.opt_state, metrics = self._fn(self.params, self.opt_state, self.batch,
+                                                    jnp.asarray(self.step_idx, jnp.int32))
+    self.step_idx += 1
+    self.last_metrics = metrics
+    return float(metrics["loss"])  # host read = sync, as the trainer does
+
+
+class TorchStep:
+  """The same step in torch + transformers (eager, SDPA attention)."""
+
+  def __init__(self, shape, obj: diffusion.DiffusionConfig, batch, device="cpu", bf16=False, seed=0):
+    from transformers import Qwen3Config, Qwen3Model
+    torch.manual_seed(seed)
+    self.device = torch.device(device)
+    cfg = Qwen3Config(vocab_size=shape["vocab"], hidden_size=shape["hidden"], intermediate_size=shape["mlp"],
+                      num_hidden_layers=shape["layers"], num_attention_heads=shape["heads"],
+                      num_key_value_heads=shape["kv_heads"], head_dim=shape["head_dim"], rms_norm_eps=1e-6,
+                      rope_theta=1_000_000.0, tie_word_embeddings=True, attention_bias=False, attention_dropout=0.0,
+                      max_position_embeddings=max(40_960, shape["seq"]), is_causal=False, use_cache=False)
+    cfg._attn_implementation = "sdpa"
+    self.model = Qwen3Model(cfg).to(self.device).train()
+    self.num_params = int(sum(p.numel() for p in self.model.parameters()))
+    decay = [p for n, p in self.model.named_parameters() if p.ndim >= 2 and "embed_tokens" not in n]
+    no_decay = [p for n, p in self.model.named_parameters() if not (p.ndim >= 2 and "embed_tokens" not in n)]
+    oc = optimizer_config()
+    self.peak_lr, self.warmup = float(oc.lr), int(oc.warmup_steps)
+    self.opt = torch.optim.AdamW([dict(params=decay, weight_decay=float(oc.weight_decay)),
+                                  dict(params=no_decay, weight_decay=0.0)],
+                                 lr=self.peak_lr, betas=(float(oc.b1), float(oc.b2)), eps=float(oc.eps),
+                                 foreach=True)
+    self.clip = float(oc.clip_norm)
+    self.obj = obj
+    self.bf16 = bf16
+    self.ids = torch.as_tensor(batch["input_ids"], dtype=torch.long, device=self.device)
+    self.seg = torch.as_tensor(batch["segment_ids"], dtype=torch.long, device=self.device)
+    self.gen = torch.Generator(device=self.device)
+    self.gen.manual_seed(seed)
+    self.step_idx = 0
+
+  def loss(self):
+    o = self.obj
+    ids, seg = self.ids, self.seg
+    b, length = ids.shape
+    valid = seg > 0
+    first = torch.ones_like(valid[:, :1])
+    starts = torch.cat([first, ~valid[:, :-1]], 1) | torch.cat([first, seg[:, 1:] != seg[:, :-1]], 1)
+    maskable = valid & ~starts
+    u = torch.rand((), generator=self.gen, device=self.device)
+    t = torch.remainder(u + torch.arange(b, device=self.device, dtype=torch.float32) / b, 1.0)
+    p = o.eps + (1.0 - o.eps) * t
+    r = torch.rand((b, length), generator=self.gen, device=self.device)
+    masked = (r < p[:, None]) & maskable
+    noisy = torch.where(masked, torch.full_like(ids, o.mask_token_id), ids)
+    with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+      hidden = self.model(input_ids=noisy).last_hidden_state
+      logits = torch.matmul(hidden, self.model.embed_tokens.weight.t().to(hidden.dtype))
+    logits = logits.float()
+    if o.exclude_mask_logit:
+      logits[..., o.mask_token_id] = float("-inf")
+    targets = torch.cat([ids[:, 1:], torch.zeros_like(ids[:, :1])], 1)
+    score = torch.cat([masked[:, 1:] & valid[:, :-1], torch.zeros_like(masked[:, :1])], 1)
+    ce = torch.nn.functional.cross_entropy(logits.reshape(b * length, -1), targets.reshape(-1), reduction="none")
+    ce = torch.where(score.reshape(-1), ce, torch.zeros_like(ce)).reshape(b, length)
+    w = 1.0 / p
+    num_valid = valid.sum().float()
+    loss = (ce * w[:, None]).sum() / num_valid.clamp(min=1.0)
+    with torch.no_grad():
+      nm = score.sum().float().clamp(min=1.0)
+      metrics = dict(masked_ce=ce.sum() / nm, masked_acc=((logits.argmax(-1) == targets) & score).sum() / nm)
+    return loss, metrics
+
+  def __call__(self) -> float:
+    lr = self.peak_lr * min(1.0, self.step_idx / max(self.warmup, 1))
+    for g in self.opt.param_groups:
+      g["lr"] = lr
+    loss, _ = self.loss()
+    self.opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip, foreach=True)
+    self.opt.step()
+    self.step_idx += 1
+    return float(loss.item())
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Peaks and timing
+
+
+def _best(fn, repeats):
+  fn()
+  best = float("inf")
+  for _ in range(repeats):
+    t = time.perf_counter()
+    fn()
+    best = min(best, time.perf_counter() - t)
+  return best
+
+
+def matmul_peaks(sizes, dtype="float32", repeats=5, with_torch=True) -> dict:
+  """Best achieved FLOP/s of square matmuls, JAX (and torch), over the given sizes."""
+  out = {"jax": 0.0, "torch": None, "jax_by_n": {}, "torch_by_n": {}}
+  jdt = jnp.dtype(dtype)
+  for n in sizes:
+    a = jnp.asarray(np.random.RandomState(0).standard_normal((n, n)), jdt)
+    f = jax.jit(lambda x: x @ x)
+    sec = _best(lambda: f(a).block_until_ready(), repeats)
+    out["jax_by_n"][n] = 2 * n**3 / sec
+    if with_torch and HAVE_TORCH and jax.default_backend() == "cpu":
+      ta = torch.randn(n, n)
+      sec = _best(lambda: torch.matmul(ta, ta), repeats)
+      out["torch_by_n"][n] = 2 * n**3 / sec
+  out["jax"] = max(out["jax_by_n"].values())
+  if out["torch_by_n"]:
+    out["torch"] = max(out["torch_by_n"].values())
+  return out
+
+
+def merge_peaks(a, b):
+  out = dict(a)
+  for k in ("jax", "torch"):
+    vals = [v for v in (a.get(k), b.get(k)) if v]
+    out[k] = max(vals) if vals else None
+  for k in ("jax_by_n", "torch_by_n"):
+    out[k] = {n: max(a[k].get(n, 0), b[k].get(n, 0)) for n in set(a[k]) | set(b[k])}
+  return out
+
+
+def round_robin(runners: dict, steps: int, warmup: int) -> dict:
+  """One step of each runner in turn (so all see the same load); per-runner step times after the warmup."""
+  times = {k: [] for k in runners}
+  losses = {k: [] for k in runners}
+  for i in range(warmup + steps):
+    for name, run in runners.items():
+      t = time.perf_counter()
+      loss = run()
+      dt = time.perf_counter() - t
+      losses[name].append(loss)
+      if i >= warmup:
+        times[name].append(dt)
+  return {k: dict(median_s=statistics.median(v), min_s=min(v), times_s=v, losses=losses[k]) for k, v in times.items()}
+
+
+def describe_machine() -> str:
+  dev = jax.devices()[0]
+  if jax.default_backend() == "cpu":
+    model = ""
+    try:
+      with open("/proc/cpuinfo") as f:
+        model = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "")
+    except OSError:
+      pass
+    return f"CPU {model or platform.processor()} x{os.cpu_count()} cores"
+  return f"{dev.device_kind} ({jax.default_backend()})"
+
+
+def load_average() -> str:
+  try:
+    return " ".join(f"{x:.1f}" for x in os.getloadavg())
+  except OSError:
+    return "n/a"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Main
+
+
+def resolve_opts(args, gpu: bool) -> dict:
+  opts = dict(GPU_DEFAULTS if gpu else CPU_DEFAULTS)
+  if args.scan is not None:
+    opts["scan"] = args.scan == "true"
+  for k in ("remat", "attn", "ce", "dtype"):
+    if getattr(args, k) is not None:
+      opts[k] = getattr(args, k)
+  if args.ce_chunk is not None:
+    opts["ce_chunk"] = args.ce_chunk
+  return opts
+
+
+def resolve_shapes(args) -> list[dict]:
+  if args.preset == "cpu":
+    shapes = [dict(s) for s in CPU_SHAPES]
+    if args.shapes:
+      keep = set(args.shapes.split(","))
+      shapes = [s for s in shapes if s["name"] in keep]
+      if not shapes:
+        raise SystemExit(f"--shapes {args.shapes}: none of {[s['name'] for s in CPU_SHAPES]}")
+  else:
+    shapes = [dict(QWEN3_0_6B)]
+  for s in shapes:
+    for k in ("batch", "seq", "layers", "hidden", "vocab"):
+      v = getattr(args, k)
+      if v is not None:
+        s[k] = v
+        s["name"] += f"-{k}{v}"
+  return shapes
+
+
+def check_fused(shape, opts):
+  """Loss, metrics and gradients of the fused CE against the library's chunked CE (small batch)."""
+  small = dict(shape, batch=2)
+  batch = {k: jnp.asarray(v) for k, v in make_batch(small).items()}
+  cfg = model_config(small, dict(opts, remat="none"))
+  obj = objective_config(small, dict(opts, ce_chunk=max(small["seq"] // 2, 1)))
+  graphdef, state = nnx.split(qwen3.create_model(cfg))
+  params = nnx.to_pure_dict(state)
+  rng = jax.random.key(3)
+  outs = {}
+  for ce in ("library", "fused"):
+    with patched("library", ce):
+      f = jax.jit(jax.value_and_grad(
+          lambda p: diffusion.diffusion_loss(nnx.merge(graphdef, nnx.State(p)), batch, rng, obj), has_aux=True))
+      outs[ce] = f(params)
+  (l1, m1), g1 = outs["library"]
+  (l2, m2), g2 = outs["fused"]
+  gerr = max(float(jnp.max(jnp.abs(a - b)) / (jnp.max(jnp.abs(a)) + 1e-12))
+             for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)))
+  merr = max(abs(float(m1[k]) - float(m2[k])) / max(abs(float(m1[k])), 1e-6) for k in m1)
+  print(f"[check] fused vs library CE: loss {float(l1):.6f} vs {float(l2):.6f}, max rel metric diff {merr:.2e}, "
+        f"max rel grad diff {gerr:.2e}", flush=True)
+  tol = 2e-2 if opts["dtype"] == "bfloat16" else 1e-4
+  if not (abs(float(l1) - float(l2)) <= tol * abs(float(l1)) and gerr <= tol and merr <= tol):
+    raise SystemExit("[check] fused CE does not match the library loss")
+
+
+def fmt_rate(x):
+  return "-" if x is None else f"{x:.3f}"
+
+
+def main(args):
+  gpu = jax.default_backend() != "cpu"
+  if args.preset == "qwen3-0.6b" and not gpu:
+    print("[warn] preset qwen3-0.6b on a CPU: use --layers/--seq/--batch/--vocab to shrink it", flush=True)
+  steps = args.steps if args.steps is not None else (10 if gpu else 5)
+  warmup = args.warmup if args.warmup is not None else (3 if gpu else 1)
+  opts = resolve_opts(args, gpu)
+  shapes = resolve_shapes(args)
+  use_torch = HAVE_TORCH and not args.no_torch and (not gpu or torch.cuda.is_available())
+  if HAVE_TORCH:
+    torch.set_num_threads(os.cpu_count() or 1)
+  sizes = [int(n) for n in args.matmul_n.split(",") if n]
+  peak_dtype = "bfloat16" if (gpu and opts["dtype"] == "bfloat16") else "float32"
+
+  print(f"# machine: {describe_machine()}; jax {jax.__version__} ({jax.default_backend()})"
+        + (f", torch {torch.__version__} ({torch.get_num_threads()} threads), transformers {transformers.__version__}"
+           if HAVE_TORCH else ", torch: not installed")
+        + f"; XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}; load average {load_average()}", flush=True)
+  print(f"# jax step: {opts}", flush=True)
+  if args.check:
+    check_fused(shapes[0], opts)
+
+  peaks = matmul_peaks(sizes, peak_dtype, with_torch=use_torch)
+  spec_peak = flops_lib.device_peak_flops() if gpu else None
+  results = []
+  todo = shapes[:1] if args.sweep else shapes
+  for shape in todo:
+    batch = make_batch(shape)
+    runners, info = {}, {}
+    if args.sweep:
+      for label, change in SWEEP:
+        o = dict(opts, **change)
+        js = JaxStep(shape, o, batch)
+        runners[label] = js
+        info[label] = dict(opts=o, compile_s=js.compile_s)
+        print(f"[compile] {label}: {js.compile_s:.1f}s", flush=True)
+    else:
+      js = JaxStep(shape, opts, batch)
+      runners["jax"] = js
+      info["jax"] = dict(opts=opts, compile_s=js.compile_s)
+    jcfg = next(iter(runners.values())).cfg
+    if use_torch:
+      ts = TorchStep(shape, objective_config(shape, opts), batch, device="cuda" if gpu else "cpu",
+                     bf16=opts["dtype"] == "bfloat16")
+      nj = next(iter(runners.values())).num_params
+      assert ts.num_params == nj, f"parameter counts differ: jax {nj} vs torch {ts.num_params}"
+      runners["torch"] = ts
+    flops_step = flops_lib.train_flops_per_token(jcfg, shape["seq"], lm_head=True) * shape["batch"] * shape["seq"]
+    t0 = time.perf_counter()
+    timing = round_robin(runners, steps, warmup)
+    row = dict(shape=shape, num_params=next(iter(runners.values())).num_params, model_flops_per_step=flops_step,
+               load_average=load_average(), wall_s=time.perf_counter() - t0, runs={})
+    for name, tm in timing.items():
+      sps = 1.0 / tm["median_s"]
+      row["runs"][name] = dict(tm, steps_per_s=sps, flops_per_s=flops_step * sps, **info.get(name, {}))
+    results.append(row)
+    j = row["runs"].get("default" if args.sweep else "jax")
+    t = row["runs"].get("torch")
+    print(f"[{shape['name']}] " + ", ".join(f"{k}: {1e3 * v['median_s']:.0f} ms/step" for k, v in row["runs"].items())
+          + (f"; ratio jax/torch {j['steps_per_s'] / t['steps_per_s']:.2f}" if t else "")
+          + f"; load {row['load_average']}", flush=True)
+
+  peaks = merge_peaks(peaks, matmul_peaks(sizes, peak_dtype, with_torch=use_torch))
+  ref_peak = spec_peak or peaks["jax"]
+
+  lines = []
+  if args.sweep:
+    row = results[0]
+    t = row["runs"].get("torch")
+    lines.append(f"JAX variants on {row['shape']['name']} (round-robin, median of {steps}):\n")
+    lines.append("| variant | ms/step | steps/s | vs torch | TFLOP/s | % of matmul peak |")
+    lines.append("|---|---:|---:|---:|---:|---:|")
+    for name, r in row["runs"].items():
+      vs = f"{r['steps_per_s'] / t['steps_per_s']:.2f}" if t else "-"
+      lines.append(f"| {name} | {1e3 * r['median_s']:.0f} | {r['steps_per_s']:.3f} | {vs} | "
+                   f"{r['flops_per_s'] / 1e12:.4f} | {100 * r['flops_per_s'] / ref_peak:.0f}% |")
+  else:
+    peak_name = "spec peak" if spec_peak else "matmul peak"
+    lines.append(f"| shape | params | jax steps/s | torch steps/s | ratio jax/torch | jax TFLOP/s | % of {peak_name} "
+                 f"| torch TFLOP/s | torch % of {peak_name} |")
+    lines.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for row in results:
+      j, t = row["runs"]["jax"], row["runs"].get("torch")
+      tpeak = spec_peak or peaks["torch"] or peaks["jax"]
+      lines.append(
+          f"| {row['shape']['name']} | {row['num_params'] / 1e6:.1f}M | {j['steps_per_s']:.3f} | "
+          f"{fmt_rate(t['steps_per_s'] if t else None)} | "
+          f"{(j['steps_per_s'] / t['steps_per_s']) if t else float('nan'):.2f} | {j['flops_per_s'] / 1e12:.4f} | "
+          f"{100 * j['flops_per_s'] / ref_peak:.0f}% | {(t['flops_per_s'] / 1e12) if t else float('nan'):.4f} | "
+          + (f"{100 * t['flops_per_s'] / tpeak:.0f}% |" if t else "- |"))
+  print()
+  print("\n".join(lines))
+  print()
+  peak_txt = f"matmul peak ({peak_dtype}, best of n={sizes}): JAX {peaks['jax'] / 1e12:.4f} TFLOP/s" + (
+      f", torch {peaks['torch'] / 1e12:.4f} TFLOP/s" if peaks.get("torch") else "")
+  if spec_peak:
+    peak_txt += f"; spec peak {spec_peak / 1e12:.0f} TFLOP/s (MFU = model FLOP/s / spec peak)"
+  print(peak_txt)
+  print(f"load average at the end: {load_average()}")
+
+  if args.json:
+    out = dict(machine=describe_machine(), backend=jax.default_backend(), jax=jax.__version__,
+               torch=torch.__version__ if HAVE_TORCH else None, xla_flags=os.environ.get("XLA_FLAGS", ""),
+               preset=args.preset, steps=steps, warmup=warmup, jax_opts=opts, matmul_peak=peaks,
+               spec_peak=spec_peak, results=results, table="\n".join(lines), sweep=bool(args.sweep))
+    with open(args.json, "w") as f:
+      json.dump(out, f, indent=1, default=str)
+    print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+  main(ARGS)
