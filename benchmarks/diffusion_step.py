@@ -256,11 +256,14 @@ fused_weighted_ce.defvjp(_fused_fwd, _fused_bwd)
 
 
 def fused_masked_diffusion_loss(hidden, head_weight, token_ids, valid_mask, masked, p, cfg, *, maskable_mask=None,
-                                t=None):
+                                t=None, segment_ids=None):
   """Drop-in for diffusion.masked_diffusion_loss (same loss and metrics) built on fused_weighted_ce."""
   valid = valid_mask.astype(bool)
   masked = masked.astype(bool) & valid
-  targets, score = diffusion._targets_and_scores(token_ids, valid, masked, cfg)
+  if segment_ids is not None:
+    targets, score = diffusion._targets_and_scores(token_ids, valid, masked, cfg, segment_ids)
+  else:
+    targets, score = diffusion._targets_and_scores(token_ids, valid, masked, cfg)
   w, coeff = _ce_coefficients(valid, score, p, cfg)
   sg = jax.lax.stop_gradient
   loss, ce_sum, correct_sum = fused_weighted_ce(hidden, head_weight, targets, sg(coeff), score, cfg)
