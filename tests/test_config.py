@@ -68,3 +68,21 @@ def test_save_config_round_trips(tmp_path):
   path = config_lib.save_config(cfg, tmp_path)
   assert json.loads(path.read_text())["hidden_size"] == 64
   assert config_lib.from_json_file(path).to_dict() == cfg.to_dict()
+
+
+def test_paper_scale_pretrain_configs_validate_for_their_targets():
+  from pplx_jax.train import trainer
+  for path, targets in (("configs/pretrain/qwen3_0_6b.py", {"v5p-128": 64, "v6e-256": 256, "8xh100": 8}),
+                        ("configs/pretrain/qwen3_4b.py", {"v5p-256": 128, "v6e-256": 256, "8xh100": 8})):
+    for target, chips in targets.items():
+      cfg = config_lib.load_config(f"{path}:{target}")
+      assert cfg.data.seq_len == 4096 and cfg.train.global_batch == 1024 and cfg.train.steps == 60_000
+      model_cfg, mesh_shape, _ = trainer.validate(cfg, num_devices=chips)
+      assert mesh_shape["fsdp"] == chips
+  assert config_lib.load_config("configs/pretrain/qwen3_0_6b.py").optimizer.lr == 5e-4
+  assert config_lib.load_config("configs/pretrain/qwen3_4b.py").optimizer.lr == 3.16e-4
+
+
+def test_pretrain_config_unknown_key_fails():
+  with pytest.raises(config_lib.ConfigError, match=r"unknown config key 'train.stepz'.*train.steps"):
+    config_lib.load_config("configs/pretrain/tiny.py", ["--config.train.stepz=3"])

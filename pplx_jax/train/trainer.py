@@ -50,7 +50,9 @@ class DataIterator(Protocol):
 
 
 class Task(Protocol):
-  """What a stage provides to the trainer."""
+  """What a stage provides to the trainer. A task may also define
+  `loss_and_grad(graphdef, params, batch, rng) -> (loss, metrics, grads)` to compute gradients its own way
+  (GradCache); otherwise the trainer differentiates `loss`."""
 
   def train_data(self, per_process_batch: int, shard_index: int, shard_count: int) -> DataIterator: ...
 
@@ -170,10 +172,13 @@ def train(cfg: ml_collections.ConfigDict, workdir: str | Path, task_factory: Cal
     def train_step(params, opt_state, batch, step):
       rng = jax.random.fold_in(base_rng, step)
 
-      def loss_fn(p):
-        return task.loss(nnx.merge(graphdef, nnx.State(p)), batch, rng)
+      if hasattr(task, "loss_and_grad"):  # e.g. GradCache: chunked re-encoding computes the gradient itself
+        loss, metrics, grads = task.loss_and_grad(graphdef, params, batch, rng)
+      else:
+        def loss_fn(p):
+          return task.loss(nnx.merge(graphdef, nnx.State(p)), batch, rng)
 
-      (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
       updates, opt_state = tx.update(grads, opt_state, params)
       params = optax.apply_updates(params, updates)
       metrics = dict(metrics, loss=loss, grad_norm=global_norm(grads), lr=schedule(step))
