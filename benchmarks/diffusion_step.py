@@ -66,13 +66,15 @@ GPU_DEFAULTS = dict(scan=True, remat="full", ce_chunk=1024, attn="library", ce="
 SWEEP = (
     ("default", {}),
     ("library CE (checkpointed chunks)", dict(ce="library")),
-    ("remat=full", dict(remat="full")),
-    ("remat=dots", dict(remat="dots")),
-    ("scan_layers=False", dict(scan=False)),
+    ("scan=True, remat=none", dict(scan=True, remat="none")),
+    ("scan=True, remat=full", dict(scan=True, remat="full")),
+    ("scan=True, remat=dots", dict(scan=True, remat="dots")),
+    ("scan=False, remat=none", dict(scan=False, remat="none")),
+    ("scan=False, remat=full", dict(scan=False, remat="full")),
     ("attn=folded (GQA groups folded into rows)", dict(attn="folded")),
     ("ce_chunk=256", dict(ce_chunk=256)),
     ("ce_chunk=4096 (one chunk)", dict(ce_chunk=4096)),
-    ("naive (library CE, remat=full, scan)", dict(ce="library", remat="full")),
+    ("naive (library CE, scan, remat=full)", dict(ce="library", scan=True, remat="full")),
 )
 
 
@@ -86,6 +88,7 @@ def parse_args(argv=None):
   ap.add_argument("--shapes", default="", help="comma-separated shape names to keep (cpu preset)")
   ap.add_argument("--no-torch", action="store_true", help="skip the torch reference")
   ap.add_argument("--sweep", action="store_true", help="time the JAX variants of SWEEP on the first shape")
+  ap.add_argument("--sweep-variants", default="", help="comma-separated indices into SWEEP (default: all)")
   ap.add_argument("--xla-flags", default="", help="appended to XLA_FLAGS before jax is imported")
   # JAX step knobs (defaults: CPU_DEFAULTS / GPU_DEFAULTS)
   ap.add_argument("--scan", choices=("true", "false"), default=None, help="scan over layers")
@@ -630,7 +633,8 @@ def main(args):
     batch = make_batch(shape)
     runners, info = {}, {}
     if args.sweep:
-      for label, change in SWEEP:
+      keep = [int(i) for i in args.sweep_variants.split(",") if i] or range(len(SWEEP))
+      for label, change in (SWEEP[i] for i in keep):
         o = dict(opts, **change)
         js = JaxStep(shape, o, batch)
         runners[label] = js
