@@ -69,6 +69,16 @@ def _prepare(args) -> int:
   return builders.run_prepare(args)
 
 
+def _merge(args) -> int:
+  from pplx_jax.convert import merge
+  return merge.run_merge(args)
+
+
+def _eval(args) -> int:
+  from pplx_jax.eval import retrieval
+  return retrieval.run_eval(args)
+
+
 def _quickstart(args) -> int:
   from pplx_jax import quickstart
   return quickstart.run(args)
@@ -111,6 +121,16 @@ def build_parser() -> argparse.ArgumentParser:
   from pplx_jax.data.builders import add_prepare_args
   add_prepare_args(s)
   s.set_defaults(fn=_prepare)
+
+  s = sub.add_parser("merge", help="SLERP two checkpoints per tensor (the paper's final merge)")
+  from pplx_jax.convert.merge import add_merge_args
+  add_merge_args(s)
+  s.set_defaults(fn=_merge)
+
+  s = sub.add_parser("eval", help="retrieval metrics (nDCG@10, Recall@k, MRR) for float32 / int8 / binary")
+  from pplx_jax.eval.retrieval import add_eval_args
+  add_eval_args(s)
+  s.set_defaults(fn=_eval)
 
   s = sub.add_parser("quickstart", help="the tiny end-to-end job on the CPU (README's main command)")
   s.add_argument("--workdir", default="runs/quickstart")

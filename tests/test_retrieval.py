@@ -319,7 +319,7 @@ def tiny_model(tmp_path_factory, wordnet_tokenizer):
 
 
 def test_mteb_ndcg_equals_ours(tiny_model):
-  pytest.importorskip("mteb")
+  import mteb  # noqa: F401  (installed by setup.sh: a missing mteb fails, never skips)
   from pplx_jax.eval import mteb_adapter
 
   queries, docs, qrels = pairs.wordnet_retrieval_set(validation_fraction=0.2, limit=1500, max_queries=150)
@@ -337,6 +337,15 @@ def test_mteb_ndcg_equals_ours(tiny_model):
   theirs8 = mteb_adapter.mteb_retrieval_scores(enc, queries, docs, qrels)
   ours8 = R.retrieval_scores(emb[:len(queries)], emb[len(queries):], qrels, (10,), "int8")
   assert theirs8["ndcg_at_10"] == pytest.approx(ours8["int8/full/ndcg@10"], abs=1e-4)
+  # binary (Hamming) scores tie often: mteb/pytrec_eval rank ties by doc id descending, we by index ascending.
+  # Reversing the corpus order turns our rule into theirs, and then the numbers agree.
+  enc.dtype = "binary"
+  theirs_b = mteb_adapter.mteb_retrieval_scores(enc, queries, docs, qrels)
+  n = len(docs)
+  ours_b = R.retrieval_scores(emb[:len(queries)], emb[len(queries):][::-1], [[n - 1 - j for j in r] for r in qrels],
+                              (10,), "binary")
+  assert theirs_b["ndcg_at_10"] == pytest.approx(ours_b["binary/full/ndcg@10"], abs=1e-4)
+  assert theirs_b["mrr_at_10"] == pytest.approx(ours_b["binary/full/mrr@10"], abs=1e-4)
 
 
 def test_eval_cli_on_prepared_pairs(tiny_model, tmp_path, capsys):

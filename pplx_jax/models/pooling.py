@@ -86,3 +86,17 @@ def quantize_np(x: np.ndarray, dtype: str) -> np.ndarray:
   if dtype == "binary":
     return quantize_binary_np(x)
   raise ValueError(f"unknown embedding dtype {dtype!r}; expected float32, int8 or binary")
+
+
+def last_token_pool(hidden: jax.Array, mask: jax.Array) -> jax.Array:
+  """The state of the last real token (decoder-style embedders; the paper's ablation baseline). Right padding."""
+  idx = jnp.maximum(jnp.sum(mask.astype(jnp.int32), axis=-1) - 1, 0)
+  return jnp.take_along_axis(hidden.astype(jnp.float32), idx[:, None, None], axis=1)[:, 0]
+
+
+def pool(hidden: jax.Array, mask: jax.Array, kind: str = "mean") -> jax.Array:
+  if kind == "mean":
+    return mean_pool(hidden, mask)
+  if kind == "last":
+    return last_token_pool(hidden, mask)
+  raise ValueError(f"pooling {kind!r} is not one of ('mean', 'last')")

@@ -19,9 +19,11 @@ bug of embedding.md §2.6 cannot happen: the label of query i is always column i
 
 Memory: the [N, N] (and [N, N*K]) similarity blocks are the only O(N^2) tensors. At N = 65,536 one float32 block is
 65,536^2 x 4 B = 17.2 GB in total; `_sims` pins them row-sharded over the batch axes ("act_batch" -> data x fsdp), so
-each device holds N/devices rows (268 MB per device on 64 devices), plus a few elementwise temporaries of that size
-(XLA fuses most of them into the reductions). The encoder activations, not these blocks, are what GradCache removes
-(objectives/gradcache.py).
+each device holds N/devices rows of each block (268 MB per device on 64 devices). Measured on 8 CPU devices at
+N = 4096, D = 64: pair loss + gradient (q-d and q-q blocks) needs 27 MB of temporaries per device, about 3.3 row
+blocks of 8.4 MB (one unsharded block would be 67 MB); the triplet loss with K = 3 (an extra [N, 3N] block) 65 MB.
+The encoder activations, not these blocks, are what GradCache removes (objectives/gradcache.py); beyond ~10^5 rows
+the blocks themselves would need tiling (embedding.md §2.8).
 """
 
 from __future__ import annotations
@@ -218,8 +220,8 @@ def pair_objective(temperature: float, margin: float | None = 0.1, use_qq: bool 
 def triplet_objective(temperature: float, margin: float | None = None, use_qq: bool = False,
                       mrl_dims: Sequence[int | None] | None = None, mrl_weights: Sequence[float] | None = None,
                       mask_key: str = "h_valid"):
-  """(embeddings {"q": [N, D], "d": [N, D], "h": [N, K, D]}, batch) -> (loss, metrics); batch[mask_key] [N, K], when
-  present, marks the real hard negatives."""
+  """(embeddings {"q": [N, D], "d": [N, D], "h": [N, K, D] or query-major [N*K, D]}, batch) -> (loss, metrics);
+  batch[mask_key] [N, K], when present, marks the real hard negatives."""
 
   def base(q, d, h, hard_neg_mask=None):
     return triplet_infonce(q, d, h, temperature, margin=margin, use_qq=use_qq, hard_neg_mask=hard_neg_mask)
@@ -228,6 +230,9 @@ def triplet_objective(temperature: float, margin: float | None = None, use_qq: b
 
   def objective(embs, batch=None):
     mask = None if batch is None else batch.get(mask_key)
-    return fn(embs["q"], embs["d"], embs["h"], hard_neg_mask=mask)
+    q, h = embs["q"], embs["h"]
+    if h.ndim == 2:  # flattened [N*K, D], query-major: a local reshape back to [N, K, D]
+      h = constrain(h.reshape(q.shape[0], -1, h.shape[-1]), ("act_batch", None, None))
+    return fn(q, embs["d"], h, hard_neg_mask=mask)
 
   return objective

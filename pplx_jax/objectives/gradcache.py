@@ -35,6 +35,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 from flax.core import spmd as flax_spmd
+from jax.sharding import PartitionSpec as P
 
 from pplx_jax import sharding as shd
 from pplx_jax.objectives.contrastive import embed
@@ -48,13 +49,17 @@ def _batch_names(ndim: int, leading: tuple = ()) -> tuple:
   return leading + ("act_batch",) + (None,) * (ndim - len(leading) - 1)
 
 
+def _mesh_active() -> bool:
+  mesh = jax.sharding.get_abstract_mesh()
+  return mesh is not None and not mesh.empty and bool(flax_spmd.get_logical_axis_rules())
+
+
 def _batch_shards() -> int:
   """Number of shards of the "act_batch" axis under the active mesh and rules (1 outside a mesh)."""
-  mesh = jax.sharding.get_abstract_mesh()
-  rules = flax_spmd.get_logical_axis_rules()
-  if mesh is None or mesh.empty or not rules:
+  if not _mesh_active():
     return 1
-  axes = dict(rules).get("act_batch")
+  mesh = jax.sharding.get_abstract_mesh()
+  axes = dict(flax_spmd.get_logical_axis_rules()).get("act_batch")
   axes = (axes,) if isinstance(axes, str) else (axes or ())
   return math.prod(mesh.shape[a] for a in axes)
 
@@ -82,8 +87,17 @@ def unchunk(y: jax.Array) -> jax.Array:
   return shd.constrain(x.reshape((c * m,) + y.shape[2:]), _batch_names(y.ndim - 1))
 
 
+def partition_specs(graphdef, params) -> Any:
+  """PartitionSpecs of `params` (pure dict) from the model's logical annotations under the active rules, or None
+  outside a mesh. Pins the gradient accumulator of `grad_cached` to the parameters' (FSDP) sharding."""
+  if not _mesh_active():
+    return None
+  model = nnx.merge(graphdef, nnx.State(params))
+  return nnx.to_pure_dict(nnx.get_partition_spec(nnx.state(model)))
+
+
 def grad_cached(embed_fn: Callable[[Any, Any], Any], loss_fn: Callable[[Any], tuple[jax.Array, Any]], params: Any,
-                inputs: Any, num_chunks: int) -> tuple[jax.Array, Any, Any]:
+                inputs: Any, num_chunks: int, param_specs: Any = None) -> tuple[jax.Array, Any, Any]:
   """(loss, aux, grads) with grads == jax.grad(lambda p: loss_fn(embed_fn(p, inputs))[0])(params).
 
   embed_fn(params, inputs_chunk) -> embeddings pytree, row-wise: output row r of every leaf belongs to input row r
@@ -91,6 +105,9 @@ def grad_cached(embed_fn: Callable[[Any, Any], Any], loss_fn: Callable[[Any], tu
   loss_fn(embeddings) -> (loss, aux), over the full global batch of embeddings.
   inputs: pytree of arrays with a leading global-batch axis (leaves may differ in everything else, e.g. [N, Sq],
     [N, Sd], [N, K, Sh]); each leaf is chunked along that axis into `num_chunks` strided chunks (`chunk`).
+  param_specs: optional pytree of PartitionSpecs matching `params`. Pass it under a mesh: the float32 accumulator
+    is a fresh array, and without a constraint the partitioner may keep it (and the returned grads) replicated —
+    a full float32 copy of the model on every device. `loss_and_grad` derives it from the model's annotations.
   Gradients are accumulated in float32 and returned in the parameters' dtypes.
   """
   num_chunks = int(num_chunks)
@@ -111,15 +128,21 @@ def grad_cached(embed_fn: Callable[[Any, Any], Any], loss_fn: Callable[[Any], tu
   grad_chunks = jax.tree.map(lambda g: chunk(g, num_chunks), emb_grads)
 
   # 3. Re-encode each chunk with its activations, pull its cached embedding gradient back to the parameters.
+  if param_specs is None:
+    pin = lambda tree: tree
+  else:
+    pin = lambda tree: jax.tree.map(lambda s, x: x if s is None else jax.lax.with_sharding_constraint(x, s),
+                                    param_specs, tree, is_leaf=lambda s: s is None or isinstance(s, P))
+
   def backward(acc, xs):
     inputs_c, cotangent = xs
     _, vjp = jax.vjp(lambda p: embed_fn(p, inputs_c), params)
     (g,) = vjp(cotangent)
-    return jax.tree.map(lambda a, b: a + b.astype(jnp.float32), acc, g), None
+    return pin(jax.tree.map(lambda a, b: a + b.astype(jnp.float32), acc, pin(g))), None
 
-  zeros = jax.tree.map(lambda p: jnp.zeros(jnp.shape(p), jnp.float32), params)
+  zeros = pin(jax.tree.map(lambda p: jnp.zeros(jnp.shape(p), jnp.float32), params))
   grads, _ = jax.lax.scan(backward, zeros, (chunks, grad_chunks))
-  grads = jax.tree.map(lambda g, p: g.astype(jnp.result_type(p)), grads, params)
+  grads = pin(jax.tree.map(lambda g, p: g.astype(jnp.result_type(p)), grads, params))
   return loss, aux, grads
 
 
@@ -181,7 +204,8 @@ def loss_and_grad(graphdef, params, batch: Mapping[str, jax.Array],
   (loss, metrics, grads) of objective(embeddings, batch), e.g. `contrastive.pair_objective(...)`, with the encoder
   run `num_chunks` chunks at a time. Non-tower batch entries (e.g. a hard-negative mask) reach the objective whole."""
   embed_fn = model_embed_fn(graphdef, towers, quantize)
-  return grad_cached(embed_fn, lambda embs: objective(embs, batch), params, tower_inputs(batch, towers), num_chunks)
+  return grad_cached(embed_fn, lambda embs: objective(embs, batch), params, tower_inputs(batch, towers), num_chunks,
+                     param_specs=partition_specs(graphdef, params))
 
 
 def full_loss(model, batch: Mapping[str, jax.Array], objective, towers: Mapping[str, tuple[str, str]] = DEFAULT_TOWERS,

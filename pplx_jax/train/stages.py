@@ -13,7 +13,10 @@ def task_factory(stage: str):
   if stage == "pretrain":
     from pplx_jax.train.pretrain import PretrainTask
     return PretrainTask
-  raise ConfigError(f"config.stage={stage!r} is not a known stage (known: 'pretrain')")
+  if stage == "contrastive":
+    from pplx_jax.train.contrastive import ContrastiveTask
+    return ContrastiveTask
+  raise ConfigError(f"config.stage={stage!r} is not a known stage (known: 'pretrain', 'contrastive')")
 
 
 def run_stage(cfg: ml_collections.ConfigDict, workdir: str | Path, stop_after: int | None = None, devices=None):

@@ -1,0 +1,27 @@
+"""CPU quickstart, stage 2 (pairs): WordNet lemma / example sentence -> definition, from the tiny diffusion-
+pretrained checkpoint. `tiny.py:causal_last` runs the paper's ablation (causal attention + last-token pooling)."""
+
+from configs.contrastive.base import apply_variant, base
+from configs.model import tiny as tiny_model
+
+
+def get_config(variant: str = "bidirectional_mean"):
+  cfg = base(tiny_model.get_config(), "pair")
+  cfg.model.vocab_size = 4096
+  cfg.train.init_from = "runs/quickstart/pretrain"
+  cfg.data.sources = ("wordnet",)
+  cfg.data.query_len = 24
+  cfg.data.doc_len = 48
+  cfg.objective.temperature = 0.05
+  cfg.objective.matryoshka_dims = (32, -1)
+  cfg.objective.matryoshka_weights = (0.5, 1.0)
+  cfg.optimizer.lr = 1e-3
+  cfg.optimizer.warmup_steps = 20
+  cfg.train.steps = 300
+  cfg.train.global_batch = 64
+  cfg.train.log_every = 25
+  cfg.train.eval_every = 100
+  cfg.train.checkpoint_every = 100
+  cfg.eval.max_queries = 1000
+  cfg.eval.dims = (32, -1)
+  return apply_variant(cfg, variant)
