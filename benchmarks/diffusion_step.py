@@ -59,12 +59,14 @@ QWEN3_0_6B = dict(name="qwen3-0.6b", hidden=1024, layers=28, heads=16, kv_heads=
                   vocab=151_936, batch=4, seq=4096)
 
 # The fastest JAX settings found on CPU (see benchmarks/README.md and --sweep) and the GPU defaults.
-CPU_DEFAULTS = dict(scan=True, remat="none", ce_chunk=1024, attn="library", ce="fused", dtype="float32")
-GPU_DEFAULTS = dict(scan=True, remat="full", ce_chunk=1024, attn="library", ce="fused", dtype="bfloat16")
+CPU_DEFAULTS = dict(scan=True, remat="none", ce_chunk=1024, attn="library", ce="fused", layer="flat", dtype="float32")
+GPU_DEFAULTS = dict(scan=True, remat="full", ce_chunk=1024, attn="library", ce="fused", layer="flat",
+                    dtype="bfloat16")
 
 # --sweep: each variant changes the CPU defaults by these fields (measured round-robin in one process).
 SWEEP = (
     ("default", {}),
+    ("library layer (3-D einsums)", dict(layer="library")),
     ("library CE (checkpointed chunks)", dict(ce="library")),
     ("scan=True, remat=none", dict(scan=True, remat="none")),
     ("scan=True, remat=full", dict(scan=True, remat="full")),
@@ -74,7 +76,7 @@ SWEEP = (
     ("attn=folded (GQA groups folded into rows)", dict(attn="folded")),
     ("ce_chunk=256", dict(ce_chunk=256)),
     ("ce_chunk=4096 (one chunk)", dict(ce_chunk=4096)),
-    ("naive (library CE, scan, remat=full)", dict(ce="library", scan=True, remat="full")),
+    ("naive (library layer + CE, scan, remat=full)", dict(layer="library", ce="library", scan=True, remat="full")),
 )
 
 
@@ -100,12 +102,14 @@ def parse_args(argv=None):
   ap.add_argument("--ce", choices=("library", "fused"), default=None,
                   help="library: diffusion.masked_diffusion_loss (chunked, checkpointed); fused: gradients of the "
                        "weighted CE computed chunk by chunk in the forward pass (no logits recomputation)")
+  ap.add_argument("--layer", choices=("library", "flat"), default=None,
+                  help="library: qwen3.decoder_layer; flat: projections over flattened [B*S] tokens")
   ap.add_argument("--dtype", choices=("float32", "bfloat16"), default=None, help="JAX compute dtype")
   # shape overrides (e.g. a small smoke test of the GPU preset on CPU)
   for name in ("batch", "seq", "layers", "hidden", "vocab"):
     ap.add_argument(f"--{name}", type=int, default=None)
   ap.add_argument("--matmul-n", default="1024,2048", help="square matmul sizes for the peak")
-  ap.add_argument("--check", action="store_true", help="check the fused CE against the library loss first")
+  ap.add_argument("--check", action="store_true", help="check the JAX variant against the library's loss and gradients first")
   return ap.parse_args(argv)
 
 
@@ -159,6 +163,38 @@ def folded_attention(q, k, v, segment_ids, causal):
   probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype).reshape(b, kv, g * s, s)
   out = jnp.einsum("bkqs,bksh->bkqh", probs, vt)
   return out.reshape(b, kv, g, s, h).transpose(0, 3, 1, 2, 4).reshape(b, s, n, h)
+
+
+def flat_decoder_layer(p, x, cos, sin, segment_ids, cfg):
+  """qwen3.decoder_layer with the projections written over flattened tokens [B*S, ...] (same function).
+
+  With [B, S, D] operands, autodiff's weight gradients contract over two dims (b, s); XLA:CPU then materialises a
+  transposed copy of the [B*S, F] activation gradient for every weight gradient (strided, slow loop fusions). With
+  one token dim the weight gradient is a plain A^T B dot that the GEMM reads in place."""
+  from pplx_jax.models.qwen3 import apply_rope, checkpoint_name, constrain, rms_norm, to_dtype
+  cdt = to_dtype(cfg.compute_dtype)
+  w = lambda name: p[name].astype(cdt)
+  b, s, d = x.shape
+  t = b * s
+  h = rms_norm(x, p["input_layernorm"], cfg.rms_norm_eps).reshape(t, d)
+  q = jnp.einsum("td,dnh->tnh", h, w("q_proj")).reshape(b, s, cfg.num_heads, cfg.head_dim)
+  k = jnp.einsum("td,dkh->tkh", h, w("k_proj")).reshape(b, s, cfg.num_kv_heads, cfg.head_dim)
+  v = jnp.einsum("td,dkh->tkh", h, w("v_proj")).reshape(b, s, cfg.num_kv_heads, cfg.head_dim)
+  q = constrain(q, ("act_batch", "act_length", "act_heads", None))
+  k = constrain(k, ("act_batch", "act_length", "act_kv_heads", None))
+  v = constrain(v, ("act_batch", "act_length", "act_kv_heads", None))
+  q = apply_rope(rms_norm(q, p["q_norm"], cfg.rms_norm_eps), cos, sin)
+  k = apply_rope(rms_norm(k, p["k_norm"], cfg.rms_norm_eps), cos, sin)
+  a = attn_lib.dot_product_attention(q, k, v, segment_ids, causal=cfg.causal, impl=cfg.attention_impl)
+  a = checkpoint_name(a, "attn_out")
+  o = jnp.einsum("tnh,nhd->td", a.reshape(t, cfg.num_heads, cfg.head_dim), w("o_proj"))
+  x = constrain(x + o.reshape(b, s, d), ("act_batch", "act_length", "act_embed"))
+  h = rms_norm(x, p["post_attention_layernorm"], cfg.rms_norm_eps).reshape(t, d)
+  gate = h @ w("gate_proj")
+  up = h @ w("up_proj")
+  mlp = constrain((jax.nn.silu(gate) * up).reshape(b, s, -1), ("act_batch", "act_length", "act_mlp"))
+  x = x + (mlp.reshape(t, -1) @ w("down_proj")).reshape(b, s, d)
+  return constrain(x, ("act_batch", "act_length", "act_embed"))
 
 
 def _ce_coefficients(valid, score, p, cfg):
@@ -231,7 +267,9 @@ def _fused_fwd(hidden, w, targets, coeff, score, cfg):
     correct = (jnp.argmax(logits, axis=-1).astype(jnp.int32) == tg) & sc
     dlogits = (cf[..., None] * (e / s - onehot.astype(jnp.float32))).astype(x.dtype)
     dx = jnp.einsum("bcv,dv->bcd", dlogits, wc, preferred_element_type=jnp.float32).astype(x.dtype)
-    dw = dw + jnp.einsum("bcd,bcv->dv", x, dlogits, preferred_element_type=jnp.float32)
+    # one contracting token dim (b*c): a plain A^T B dot, no transposed copy of x or dlogits on CPU
+    dw = dw + jnp.einsum("td,tv->dv", x.reshape(-1, d), dlogits.reshape(-1, vocab),
+                         preferred_element_type=jnp.float32)
     return dw, (ce, correct, dx)
 
   xs = (to_chunks(hidden, 0), to_chunks(targets.astype(jnp.int32), 0), to_chunks(coeff.astype(jnp.float32), 0.0),
@@ -294,18 +332,20 @@ def fused_masked_diffusion_loss(hidden, head_weight, token_ids, valid_mask, mask
 class patched:
   """Swap the library's attention / loss for a variant while a step is traced (jit traces on the first call)."""
 
-  def __init__(self, attn: str, ce: str):
-    self.attn, self.ce = attn, ce
+  def __init__(self, attn: str, ce: str, layer: str = "library"):
+    self.attn, self.ce, self.layer = attn, ce, layer
 
   def __enter__(self):
-    self._saved = (attn_lib._xla_attention, diffusion.masked_diffusion_loss)
+    self._saved = (attn_lib._xla_attention, diffusion.masked_diffusion_loss, qwen3.decoder_layer)
     if self.attn == "folded":
       attn_lib._xla_attention = folded_attention
     if self.ce == "fused":
       diffusion.masked_diffusion_loss = fused_masked_diffusion_loss
+    if self.layer == "flat":
+      qwen3.decoder_layer = flat_decoder_layer
 
   def __exit__(self, *exc):
-    attn_lib._xla_attention, diffusion.masked_diffusion_loss = self._saved
+    attn_lib._xla_attention, diffusion.masked_diffusion_loss, qwen3.decoder_layer = self._saved
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -370,7 +410,7 @@ class JaxStep:
     self.step_idx = 0
     self._fn = jax.jit(train_step, donate_argnums=(0, 1))
     t = time.perf_counter()
-    with patched(opts["attn"], opts["ce"]):
+    with patched(opts["attn"], opts["ce"], opts["layer"]):
       self._fn = self._fn.lower(self.params, self.opt_state, self.batch, jnp.asarray(0, jnp.int32)).compile()
     self.compile_s = time.perf_counter() - t
 
@@ -551,7 +591,7 @@ def resolve_opts(args, gpu: bool) -> dict:
   opts = dict(GPU_DEFAULTS if gpu else CPU_DEFAULTS)
   if args.scan is not None:
     opts["scan"] = args.scan == "true"
-  for k in ("remat", "attn", "ce", "dtype"):
+  for k in ("remat", "attn", "ce", "layer", "dtype"):
     if getattr(args, k) is not None:
       opts[k] = getattr(args, k)
   if args.ce_chunk is not None:
@@ -578,8 +618,9 @@ def resolve_shapes(args) -> list[dict]:
   return shapes
 
 
-def check_fused(shape, opts):
-  """Loss, metrics and gradients of the fused CE against the library's chunked CE (small batch)."""
+def check_variant(shape, opts):
+  """Loss, metrics and gradients of the chosen JAX variant (layer / attention / CE) against the library's own
+  functions, on a small batch with two CE chunks."""
   small = dict(shape, batch=2)
   batch = {k: jnp.asarray(v) for k, v in make_batch(small).items()}
   cfg = model_config(small, dict(opts, remat="none"))
@@ -588,21 +629,22 @@ def check_fused(shape, opts):
   params = nnx.to_pure_dict(state)
   rng = jax.random.key(3)
   outs = {}
-  for ce in ("library", "fused"):
-    with patched("library", ce):
+  for name, variant in (("library", ("library", "library", "library")),
+                        ("variant", (opts["attn"], opts["ce"], opts["layer"]))):
+    with patched(*variant):
       f = jax.jit(jax.value_and_grad(
           lambda p: diffusion.diffusion_loss(nnx.merge(graphdef, nnx.State(p)), batch, rng, obj), has_aux=True))
-      outs[ce] = f(params)
+      outs[name] = f(params)
   (l1, m1), g1 = outs["library"]
-  (l2, m2), g2 = outs["fused"]
+  (l2, m2), g2 = outs["variant"]
   gerr = max(float(jnp.max(jnp.abs(a - b)) / (jnp.max(jnp.abs(a)) + 1e-12))
              for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)))
   merr = max(abs(float(m1[k]) - float(m2[k])) / max(abs(float(m1[k])), 1e-6) for k in m1)
-  print(f"[check] fused vs library CE: loss {float(l1):.6f} vs {float(l2):.6f}, max rel metric diff {merr:.2e}, "
-        f"max rel grad diff {gerr:.2e}", flush=True)
+  print(f"[check] attn={opts['attn']} ce={opts['ce']} layer={opts['layer']} vs the library: loss {float(l1):.6f} vs "
+        f"{float(l2):.6f}, max rel metric diff {merr:.2e}, max rel grad diff {gerr:.2e}", flush=True)
   tol = 2e-2 if opts["dtype"] == "bfloat16" else 1e-4
   if not (abs(float(l1) - float(l2)) <= tol * abs(float(l1)) and gerr <= tol and merr <= tol):
-    raise SystemExit("[check] fused CE does not match the library loss")
+    raise SystemExit("[check] the JAX variant does not match the library loss/gradients")
 
 
 def fmt_rate(x):
@@ -629,7 +671,7 @@ def main(args):
         + f"; XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}; load average {load_average()}", flush=True)
   print(f"# jax step: {opts}", flush=True)
   if args.check:
-    check_fused(shapes[0], opts)
+    check_variant(shapes[0], opts)
 
   peaks = matmul_peaks(sizes, peak_dtype, with_torch=use_torch)
   spec_peak = flops_lib.device_peak_flops() if gpu else None

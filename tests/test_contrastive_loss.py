@@ -7,13 +7,12 @@ from __future__ import annotations
 import functools
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
 
 from pplx_jax import sharding
-from pplx_jax.models import pooling, qwen3
+from pplx_jax.models import qwen3
 from pplx_jax.models.config import ModelConfig
 from pplx_jax.objectives import contrastive
 

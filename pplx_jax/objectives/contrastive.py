@@ -33,7 +33,7 @@ from typing import Callable, Sequence
 import jax
 import jax.numpy as jnp
 
-from pplx_jax.models.pooling import cosine_similarity, int8_ste, mean_pool, truncate
+from pplx_jax.models.pooling import cosine_similarity, int8_ste, pool, truncate
 from pplx_jax.sharding import constrain
 
 QUANTIZE = ("int8", "none")
@@ -195,13 +195,15 @@ def matryoshka(loss_fn: Callable[..., tuple[jax.Array, dict]], dims: Sequence[in
   return wrapped
 
 
-def embed(model, input_ids: jax.Array, attention_mask: jax.Array, quantize: str = "int8") -> jax.Array:
+def embed(model, input_ids: jax.Array, attention_mask: jax.Array, quantize: str = "int8",
+          pooling: str = "mean") -> jax.Array:
   """Embeddings [B, D] float32: mean pool of the encoder's final hidden states over real tokens, then (QAT, paper
-  §3.2) int8 codes round(127 tanh(x)) with tanh's gradient (straight-through), or the raw mean when "none"."""
+  §3.2) int8 codes round(127 tanh(x)) with tanh's gradient (straight-through), or the raw mean when "none".
+  pooling="last" takes the last real token instead (the paper's causal baseline)."""
   if quantize not in QUANTIZE:
     raise ValueError(f"quantize={quantize!r} is not one of {QUANTIZE}")
   hidden = model(input_ids, attention_mask)
-  pooled = constrain(mean_pool(hidden, attention_mask), ("act_batch", None))
+  pooled = constrain(pool(hidden, attention_mask, pooling), ("act_batch", None))
   return int8_ste(pooled) if quantize == "int8" else pooled
 
 

@@ -150,7 +150,7 @@ def grad_cached(embed_fn: Callable[[Any, Any], Any], loss_fn: Callable[[Any], tu
 
 
 def embed_towers(model, batch: Mapping[str, jax.Array], towers: Mapping[str, tuple[str, str]] = DEFAULT_TOWERS,
-                 quantize: str = "int8") -> dict[str, jax.Array]:
+                 quantize: str = "int8", pooling: str = "mean") -> dict[str, jax.Array]:
   """{tower: embeddings} of the towers present in `batch`: [n, S] ids give [n, D], [n, K, S] ids give [n, K, D].
 
   Towers with the same number of rows n and the same length S (typically documents and hard negatives) share one
@@ -174,7 +174,7 @@ def embed_towers(model, batch: Mapping[str, jax.Array], towers: Mapping[str, tup
     per_row = ids.shape[1]
     flat_ids = shd.constrain(ids.reshape(n * per_row, s), ("act_batch", None))
     flat_mask = shd.constrain(mask.reshape(n * per_row, s), ("act_batch", None))
-    e = embed(model, flat_ids, flat_mask, quantize)
+    e = embed(model, flat_ids, flat_mask, quantize, pooling)
     e = e.reshape(n, per_row, e.shape[-1])
     start = 0
     for name, lead, m_ids, _ in members:
@@ -184,10 +184,12 @@ def embed_towers(model, batch: Mapping[str, jax.Array], towers: Mapping[str, tup
   return out
 
 
-def model_embed_fn(graphdef, towers: Mapping[str, tuple[str, str]] = DEFAULT_TOWERS, quantize: str = "int8"):
+def model_embed_fn(graphdef, towers: Mapping[str, tuple[str, str]] = DEFAULT_TOWERS, quantize: str = "int8",
+                   pooling: str = "mean"):
   """embed_fn(params, batch_chunk) -> {tower: embeddings} for an NNX model split into (graphdef, pure-dict params),
   the form the trainer hands to `Task.loss_and_grad`."""
-  return lambda params, batch: embed_towers(nnx.merge(graphdef, nnx.State(params)), batch, towers, quantize)
+  return lambda params, batch: embed_towers(nnx.merge(graphdef, nnx.State(params)), batch, towers, quantize,
+                                            pooling)
 
 
 def tower_inputs(batch: Mapping[str, jax.Array], towers: Mapping[str, tuple[str, str]] = DEFAULT_TOWERS) -> dict:
@@ -198,17 +200,17 @@ def tower_inputs(batch: Mapping[str, jax.Array], towers: Mapping[str, tuple[str,
 
 def loss_and_grad(graphdef, params, batch: Mapping[str, jax.Array],
                   objective: Callable[[dict, Mapping[str, jax.Array]], tuple[jax.Array, dict]], num_chunks: int,
-                  towers: Mapping[str, tuple[str, str]] = DEFAULT_TOWERS, quantize: str = "int8"
-                  ) -> tuple[jax.Array, dict, Any]:
+                  towers: Mapping[str, tuple[str, str]] = DEFAULT_TOWERS, quantize: str = "int8",
+                  pooling: str = "mean") -> tuple[jax.Array, dict, Any]:
   """GradCache step for the trainer hook `Task.loss_and_grad(graphdef, params, batch, rng)`:
   (loss, metrics, grads) of objective(embeddings, batch), e.g. `contrastive.pair_objective(...)`, with the encoder
   run `num_chunks` chunks at a time. Non-tower batch entries (e.g. a hard-negative mask) reach the objective whole."""
-  embed_fn = model_embed_fn(graphdef, towers, quantize)
+  embed_fn = model_embed_fn(graphdef, towers, quantize, pooling)
   return grad_cached(embed_fn, lambda embs: objective(embs, batch), params, tower_inputs(batch, towers), num_chunks,
                      param_specs=partition_specs(graphdef, params))
 
 
 def full_loss(model, batch: Mapping[str, jax.Array], objective, towers: Mapping[str, tuple[str, str]] = DEFAULT_TOWERS,
-              quantize: str = "int8") -> tuple[jax.Array, dict]:
+              quantize: str = "int8", pooling: str = "mean") -> tuple[jax.Array, dict]:
   """The same objective without chunking, as a `Task.loss(model, batch, rng)` body (the trainer differentiates it)."""
-  return objective(embed_towers(model, batch, towers, quantize), batch)
+  return objective(embed_towers(model, batch, towers, quantize, pooling), batch)
