@@ -10,6 +10,8 @@ The loss depends on the parameters only through the embeddings, so dL/dθ = Σ_c
 
 The result equals `jax.grad` of the un-chunked `loss(embed(params, all inputs))`; the cost is one extra encoder
 forward. Peak memory: one chunk's activations + the embeddings and their gradients + the loss's similarity blocks.
+Measured (tests/test_gradcache.py: tiny Qwen3, sequences of 32, 8 devices, 32 rows per chunk, per-device temporaries
+from `memory_analysis()`): 3.30 MB at N=64 and 3.35 MB at N=512, against 6.48 MB and 51.7 MB un-chunked.
 
 Chunk layout (the sharding decision). Inputs arrive as global arrays whose leading (batch) axis is split over the
 batch mesh axes in contiguous blocks: device r holds rows [r·N/P, (r+1)·N/P). A plain reshape
