@@ -77,6 +77,9 @@ SWEEP = (
     ("ce_chunk=256", dict(ce_chunk=256)),
     ("ce_chunk=4096 (one chunk)", dict(ce_chunk=4096)),
     ("naive (library layer + CE, scan, remat=full)", dict(layer="library", ce="library", scan=True, remat="full")),
+    ("remat=dots, attn=folded", dict(remat="dots", attn="folded")),
+    ("remat=full, attn=folded", dict(remat="full", attn="folded")),
+    ("scan=False, remat=none, attn=folded", dict(scan=False, remat="none", attn="folded")),
 )
 
 

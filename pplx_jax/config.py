@@ -91,8 +91,9 @@ def apply_overrides(cfg: ml_collections.ConfigDict, overrides: Sequence[str]) ->
         raise ConfigError(f"unknown config key {key!r}" + (f"; did you mean {close}?" if close else ""))
       if i < len(parts) - 1:
         node = node[part]
-    value = _parse_value(text)
     old = node[parts[-1]]
+    # A string field takes the text as written ("none" stays "none"), unless it is a quoted literal.
+    value = _parse_value(text) if not isinstance(old, str) or text[:1] in "'\"" else text
     if isinstance(old, float) and isinstance(value, int) and not isinstance(value, bool):
       value = float(value)
     if isinstance(old, (list, tuple)) and isinstance(value, (list, tuple)):

@@ -86,3 +86,9 @@ def test_paper_scale_pretrain_configs_validate_for_their_targets():
 def test_pretrain_config_unknown_key_fails():
   with pytest.raises(config_lib.ConfigError, match=r"unknown config key 'train.stepz'.*train.steps"):
     config_lib.load_config("configs/pretrain/tiny.py", ["--config.train.stepz=3"])
+
+
+def test_string_fields_keep_words_like_none():
+  cfg = config_lib.load_config("configs/contrastive/tiny.py", ["--config.objective.quantize=none",
+                                                                "--config.objective.pooling=last"])
+  assert cfg.objective.quantize == "none" and cfg.objective.pooling == "last"
