@@ -59,7 +59,7 @@ QWEN3_0_6B = dict(name="qwen3-0.6b", hidden=1024, layers=28, heads=16, kv_heads=
                   vocab=151_936, batch=4, seq=4096)
 
 # The fastest JAX settings found on CPU (see benchmarks/README.md and --sweep) and the GPU defaults.
-CPU_DEFAULTS = dict(scan=True, remat="none", ce_chunk=1024, attn="library", ce="fused", layer="flat", dtype="float32")
+CPU_DEFAULTS = dict(scan=True, remat="full", ce_chunk=1024, attn="folded", ce="fused", layer="flat", dtype="float32")
 GPU_DEFAULTS = dict(scan=True, remat="full", ce_chunk=1024, attn="library", ce="fused", layer="flat",
                     dtype="bfloat16")
 
@@ -111,7 +111,8 @@ def parse_args(argv=None):
   # shape overrides (e.g. a small smoke test of the GPU preset on CPU)
   for name in ("batch", "seq", "layers", "hidden", "vocab"):
     ap.add_argument(f"--{name}", type=int, default=None)
-  ap.add_argument("--matmul-n", default="1024,2048", help="square matmul sizes for the peak")
+  ap.add_argument("--matmul-n", default="", help="square matmul sizes for the peak (cpu 1024,2048; gpu 8192); "
+                  "the largest is also timed between the steps")
   ap.add_argument("--check", action="store_true", help="check the JAX variant against the library's loss and gradients first")
   return ap.parse_args(argv)
 
@@ -444,10 +445,14 @@ class TorchStep:
     no_decay = [p for n, p in self.model.named_parameters() if not (p.ndim >= 2 and "embed_tokens" not in n)]
     oc = optimizer_config()
     self.peak_lr, self.warmup = float(oc.lr), int(oc.warmup_steps)
-    self.opt = torch.optim.AdamW([dict(params=decay, weight_decay=float(oc.weight_decay)),
-                                  dict(params=no_decay, weight_decay=0.0)],
-                                 lr=self.peak_lr, betas=(float(oc.b1), float(oc.b2)), eps=float(oc.eps),
-                                 foreach=True)
+    groups = [dict(params=decay, weight_decay=float(oc.weight_decay)), dict(params=no_decay, weight_decay=0.0)]
+    kw = dict(lr=self.peak_lr, betas=(float(oc.b1), float(oc.b2)), eps=float(oc.eps))
+    try:  # the fused (single-kernel) AdamW: the fastest eager optimizer on CPU and GPU
+      self.opt = torch.optim.AdamW(groups, fused=True, **kw)
+      self.optimizer_impl = "fused"
+    except (RuntimeError, TypeError):
+      self.opt = torch.optim.AdamW(groups, foreach=True, **kw)
+      self.optimizer_impl = "foreach"
     self.clip = float(oc.clip_norm)
     self.obj = obj
     self.bf16 = bf16
@@ -516,19 +521,42 @@ def _best(fn, repeats):
   return best
 
 
-def matmul_peaks(sizes, dtype="float32", repeats=5, with_torch=True) -> dict:
+class JaxMatmul:
+  """One square matmul in JAX (a 'runner' for round_robin: timed between the train steps, under the same load)."""
+
+  def __init__(self, n, dtype):
+    self.n, self.flops = n, 2.0 * n**3
+    self.a = jnp.asarray(np.random.RandomState(0).standard_normal((n, n)), jnp.dtype(dtype))
+    self.f = jax.jit(lambda x: x @ x)
+    self.f(self.a).block_until_ready()
+
+  def __call__(self):
+    self.f(self.a).block_until_ready()
+    return float("nan")
+
+
+class TorchMatmul:
+  def __init__(self, n, device="cpu", dtype="float32"):
+    self.n, self.flops = n, 2.0 * n**3
+    self.device = torch.device(device)
+    self.a = torch.randn(n, n, device=self.device, dtype=getattr(torch, dtype))
+
+  def __call__(self):
+    torch.matmul(self.a, self.a)
+    if self.device.type == "cuda":
+      torch.cuda.synchronize()
+    return float("nan")
+
+
+def matmul_peaks(sizes, dtype="float32", repeats=5, with_torch=True, device="cpu") -> dict:
   """Best achieved FLOP/s of square matmuls, JAX (and torch), over the given sizes."""
   out = {"jax": 0.0, "torch": None, "jax_by_n": {}, "torch_by_n": {}}
-  jdt = jnp.dtype(dtype)
   for n in sizes:
-    a = jnp.asarray(np.random.RandomState(0).standard_normal((n, n)), jdt)
-    f = jax.jit(lambda x: x @ x)
-    sec = _best(lambda: f(a).block_until_ready(), repeats)
-    out["jax_by_n"][n] = 2 * n**3 / sec
-    if with_torch and HAVE_TORCH and jax.default_backend() == "cpu":
-      ta = torch.randn(n, n)
-      sec = _best(lambda: torch.matmul(ta, ta), repeats)
-      out["torch_by_n"][n] = 2 * n**3 / sec
+    jm = JaxMatmul(n, dtype)
+    out["jax_by_n"][n] = jm.flops / _best(jm, repeats)
+    if with_torch:
+      tm = TorchMatmul(n, device, dtype)
+      out["torch_by_n"][n] = tm.flops / _best(tm, repeats)
   out["jax"] = max(out["jax_by_n"].values())
   if out["torch_by_n"]:
     out["torch"] = max(out["torch_by_n"].values())
@@ -546,7 +574,8 @@ def merge_peaks(a, b):
 
 
 def round_robin(runners: dict, steps: int, warmup: int) -> dict:
-  """One step of each runner in turn (so all see the same load); per-runner step times after the warmup."""
+  """One call of each runner in turn (so all see the same machine load); per-runner wall and process-CPU times
+  after the warmup."""
   times = {k: [] for k in runners}
   cpu = {k: [] for k in runners}
   losses = {k: [] for k in runners}
@@ -650,8 +679,8 @@ def check_variant(shape, opts):
     raise SystemExit("[check] the JAX variant does not match the library loss/gradients")
 
 
-def fmt_rate(x):
-  return "-" if x is None else f"{x:.3f}"
+def fmt(x, spec):
+  return "-" if x is None else format(x, spec)
 
 
 def main(args):
@@ -659,107 +688,114 @@ def main(args):
   if args.preset == "qwen3-0.6b" and not gpu:
     print("[warn] preset qwen3-0.6b on a CPU: use --layers/--seq/--batch/--vocab to shrink it", flush=True)
   steps = args.steps if args.steps is not None else (10 if gpu else 5)
-  warmup = args.warmup if args.warmup is not None else (3 if gpu else 1)
+  warmup = args.warmup if args.warmup is not None else (2 if gpu else 1)
   opts = resolve_opts(args, gpu)
   shapes = resolve_shapes(args)
   use_torch = HAVE_TORCH and not args.no_torch and (not gpu or torch.cuda.is_available())
   if HAVE_TORCH:
     torch.set_num_threads(os.cpu_count() or 1)
-  sizes = [int(n) for n in args.matmul_n.split(",") if n]
+  device = "cuda" if gpu else "cpu"
+  sizes = [int(n) for n in (args.matmul_n or ("8192" if gpu else "1024,2048")).split(",") if n]
   peak_dtype = "bfloat16" if (gpu and opts["dtype"] == "bfloat16") else "float32"
 
   print(f"# machine: {describe_machine()}; jax {jax.__version__} ({jax.default_backend()})"
         + (f", torch {torch.__version__} ({torch.get_num_threads()} threads), transformers {transformers.__version__}"
            if HAVE_TORCH else ", torch: not installed")
         + f"; XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}; load average {load_average()}", flush=True)
-  print(f"# jax step: {opts}", flush=True)
+  print(f"# jax step: {opts}; {steps} timed steps after {warmup} warmup, round-robin", flush=True)
   if args.check:
     check_variant(shapes[0], opts)
 
-  peaks = matmul_peaks(sizes, peak_dtype, with_torch=use_torch)
+  best_peaks = matmul_peaks(sizes, peak_dtype, with_torch=use_torch, device=device)
   spec_peak = flops_lib.device_peak_flops() if gpu else None
   results = []
-  todo = shapes[:1] if args.sweep else shapes
-  for shape in todo:
+  for shape in (shapes[:1] if args.sweep else shapes):
     batch = make_batch(shape)
     runners, info = {}, {}
+    variants = [("jax", {})]
     if args.sweep:
       keep = [int(i) for i in args.sweep_variants.split(",") if i] or range(len(SWEEP))
-      for label, change in (SWEEP[i] for i in keep):
-        o = dict(opts, **change)
-        js = JaxStep(shape, o, batch)
-        runners[label] = js
-        info[label] = dict(opts=o, compile_s=js.compile_s)
-        print(f"[compile] {label}: {js.compile_s:.1f}s", flush=True)
-    else:
-      js = JaxStep(shape, opts, batch)
-      runners["jax"] = js
-      info["jax"] = dict(opts=opts, compile_s=js.compile_s)
-    jcfg = next(iter(runners.values())).cfg
+      variants = [SWEEP[i] for i in keep]
+    for label, change in variants:
+      o = dict(opts, **change)
+      js = JaxStep(shape, o, batch)
+      runners[label] = js
+      info[label] = dict(opts=o, compile_s=js.compile_s)
+      print(f"[compile] {shape['name']} {label}: {js.compile_s:.1f}s", flush=True)
+    first = next(iter(runners.values()))
     if use_torch:
-      ts = TorchStep(shape, objective_config(shape, opts), batch, device="cuda" if gpu else "cpu",
-                     bf16=opts["dtype"] == "bfloat16")
-      nj = next(iter(runners.values())).num_params
-      assert ts.num_params == nj, f"parameter counts differ: jax {nj} vs torch {ts.num_params}"
+      ts = TorchStep(shape, objective_config(shape, opts), batch, device=device, bf16=opts["dtype"] == "bfloat16")
+      assert ts.num_params == first.num_params, f"parameter counts differ: jax {first.num_params} vs torch {ts.num_params}"
       runners["torch"] = ts
-    flops_step = flops_lib.train_flops_per_token(jcfg, shape["seq"], lm_head=True) * shape["batch"] * shape["seq"]
+    # the matmul peak, timed between the steps (same load as the steps); the best-of peaks are printed as well
+    runners["jax matmul"] = JaxMatmul(max(sizes), peak_dtype)
+    if use_torch:
+      runners["torch matmul"] = TorchMatmul(max(sizes), device, peak_dtype)
+    flops_step = flops_lib.train_flops_per_token(first.cfg, shape["seq"], lm_head=True) * shape["batch"] * shape["seq"]
     t0 = time.perf_counter()
     timing = round_robin(runners, steps, warmup)
-    row = dict(shape=shape, num_params=next(iter(runners.values())).num_params, model_flops_per_step=flops_step,
-               load_average=load_average(), wall_s=time.perf_counter() - t0, runs={})
+    row = dict(shape=shape, num_params=first.num_params, model_flops_per_step=flops_step,
+               load_average=load_average(), wall_s=time.perf_counter() - t0, runs={}, matmul={})
     for name, tm in timing.items():
+      if name.endswith("matmul"):
+        row["matmul"][name.split()[0]] = dict(tm, n=runners[name].n, flops_per_s=runners[name].flops / tm["median_s"])
+        continue
       sps = 1.0 / tm["median_s"]
       row["runs"][name] = dict(tm, steps_per_s=sps, flops_per_s=flops_step * sps, **info.get(name, {}))
+    jpeak = spec_peak or row["matmul"]["jax"]["flops_per_s"]
+    tpeak = spec_peak or (row["matmul"]["torch"]["flops_per_s"] if "torch" in row["matmul"] else None)
+    for name, r in row["runs"].items():
+      pk = tpeak if name == "torch" else jpeak
+      r["fraction_of_peak"] = r["flops_per_s"] / pk if pk else None
     results.append(row)
-    j = row["runs"].get("default" if args.sweep else "jax")
+    j = row["runs"][variants[0][0]]
     t = row["runs"].get("torch")
+    mm_txt = ", ".join(f"{k} {v['flops_per_s'] / 1e9:.1f}" for k, v in row["matmul"].items())
     print(f"[{shape['name']}] " + ", ".join(f"{k}: {1e3 * v['median_s']:.0f} ms/step" for k, v in row["runs"].items())
           + (f"; ratio jax/torch {j['steps_per_s'] / t['steps_per_s']:.2f}" if t else "")
-          + f"; load {row['load_average']}", flush=True)
+          + f"; matmul {mm_txt} GFLOP/s; load {row['load_average']}", flush=True)
 
-  peaks = merge_peaks(peaks, matmul_peaks(sizes, peak_dtype, with_torch=use_torch))
-  ref_peak = spec_peak or peaks["jax"]
-
+  best_peaks = merge_peaks(best_peaks, matmul_peaks(sizes, peak_dtype, with_torch=use_torch, device=device))
+  peak_name = "spec peak (MFU)" if spec_peak else "matmul peak"
   lines = []
   if args.sweep:
     row = results[0]
     t = row["runs"].get("torch")
-    lines.append(f"JAX variants on {row['shape']['name']} (round-robin, median of {steps}):\n")
-    lines.append("| variant | wall ms/step (median) | wall ms/step (min) | CPU ms/step (min) | vs torch (median) | "
-                 "TFLOP/s (median) | % of matmul peak |")
+    lines.append(f"JAX variants on {row['shape']['name']} (round-robin, {steps} steps each):\n")
+    lines.append(f"| variant | wall ms/step (median) | wall ms/step (min) | CPU ms/step (min) | jax/torch (median) | "
+                 f"TFLOP/s (median) | % of {peak_name} |")
     lines.append("|---|---:|---:|---:|---:|---:|---:|")
     for name, r in row["runs"].items():
       vs = f"{r['steps_per_s'] / t['steps_per_s']:.2f}" if t else "-"
       lines.append(f"| {name} | {1e3 * r['median_s']:.0f} | {1e3 * r['min_s']:.0f} | {1e3 * r['cpu_min_s']:.0f} | {vs} | "
-                   f"{r['flops_per_s'] / 1e12:.4f} | {100 * r['flops_per_s'] / ref_peak:.0f}% |")
+                   f"{r['flops_per_s'] / 1e12:.4f} | {fmt(100 * r['fraction_of_peak'], '.0f')}% |")
   else:
-    peak_name = "spec peak" if spec_peak else "matmul peak"
-    lines.append(f"| shape | params | jax steps/s | torch steps/s | ratio jax/torch | jax TFLOP/s | % of {peak_name} "
-                 f"| torch TFLOP/s | torch % of {peak_name} |")
-    lines.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    lines.append(f"| shape | params | jax steps/s | torch steps/s | ratio jax/torch | jax TFLOP/s | jax % of {peak_name} "
+                 f"| torch TFLOP/s | torch % of {peak_name} | matmul peak jax / torch (TFLOP/s) |")
+    lines.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for row in results:
       j, t = row["runs"]["jax"], row["runs"].get("torch")
-      tpeak = spec_peak or peaks["torch"] or peaks["jax"]
+      mm = row["matmul"]
       lines.append(
           f"| {row['shape']['name']} | {row['num_params'] / 1e6:.1f}M | {j['steps_per_s']:.3f} | "
-          f"{fmt_rate(t['steps_per_s'] if t else None)} | "
-          f"{(j['steps_per_s'] / t['steps_per_s']) if t else float('nan'):.2f} | {j['flops_per_s'] / 1e12:.4f} | "
-          f"{100 * j['flops_per_s'] / ref_peak:.0f}% | {(t['flops_per_s'] / 1e12) if t else float('nan'):.4f} | "
-          + (f"{100 * t['flops_per_s'] / tpeak:.0f}% |" if t else "- |"))
+          f"{fmt(t and t['steps_per_s'], '.3f')} | {fmt(t and j['steps_per_s'] / t['steps_per_s'], '.2f')} | "
+          f"{j['flops_per_s'] / 1e12:.4f} | {fmt(j['fraction_of_peak'] and 100 * j['fraction_of_peak'], '.0f')}% | "
+          f"{fmt(t and t['flops_per_s'] / 1e12, '.4f')} | "
+          f"{fmt(t and t['fraction_of_peak'] and 100 * t['fraction_of_peak'], '.0f')}% | "
+          f"{mm['jax']['flops_per_s'] / 1e12:.4f} / {fmt(mm.get('torch') and mm['torch']['flops_per_s'] / 1e12, '.4f')} |")
   print()
   print("\n".join(lines))
   print()
-  peak_txt = f"matmul peak ({peak_dtype}, best of n={sizes}): JAX {peaks['jax'] / 1e12:.4f} TFLOP/s" + (
-      f", torch {peaks['torch'] / 1e12:.4f} TFLOP/s" if peaks.get("torch") else "")
-  if spec_peak:
-    peak_txt += f"; spec peak {spec_peak / 1e12:.0f} TFLOP/s (MFU = model FLOP/s / spec peak)"
-  print(peak_txt)
+  print(f"matmul peak = median of one {peak_dtype} {max(sizes)}x{max(sizes)} matmul timed between the steps; "
+        f"best-of peaks before/after (n={sizes}): JAX {best_peaks['jax'] / 1e12:.4f} TFLOP/s"
+        + (f", torch {best_peaks['torch'] / 1e12:.4f} TFLOP/s" if best_peaks.get("torch") else "")
+        + (f"; spec peak {spec_peak / 1e12:.0f} TFLOP/s" if spec_peak else ""))
   print(f"load average at the end: {load_average()}")
 
   if args.json:
     out = dict(machine=describe_machine(), backend=jax.default_backend(), jax=jax.__version__,
                torch=torch.__version__ if HAVE_TORCH else None, xla_flags=os.environ.get("XLA_FLAGS", ""),
-               preset=args.preset, steps=steps, warmup=warmup, jax_opts=opts, matmul_peak=peaks,
+               preset=args.preset, steps=steps, warmup=warmup, jax_opts=opts, best_matmul_peak=best_peaks,
                spec_peak=spec_peak, results=results, table="\n".join(lines), sweep=bool(args.sweep))
     with open(args.json, "w") as f:
       json.dump(out, f, indent=1, default=str)

@@ -21,3 +21,28 @@ def base(model: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   cfg.train.eval_batch = 8
   cfg.train.eval_batches = 4
   return cfg
+
+
+def paper_scale(cfg: ml_collections.ConfigDict, meshes: dict, target: str, lr: float, size: str
+                ) -> ml_collections.ConfigDict:
+  """The paper's stage-1 settings: seq 4096, global batch 1024, 60k steps (~250B tokens), AdamW + WSD."""
+  if target not in meshes:
+    raise ValueError(f"unknown target {target!r}; known: {sorted(meshes)}")
+  cfg.mesh.update(meshes[target])
+  cfg.model.remat = "full"
+  cfg.model.compute_dtype = "bfloat16"
+  cfg.data.source = "REQUIRED: a dataset prepared with `pplx-jax prepare` (FineWeb-Edu + FineWeb2)"
+  cfg.data.seq_len = 4096
+  cfg.objective.ce_chunk_size = 512
+  cfg.optimizer.lr = lr
+  cfg.optimizer.warmup_steps = 2000
+  cfg.optimizer.decay_fraction = 0.1
+  cfg.train.steps = 60_000
+  cfg.train.global_batch = 1024
+  cfg.train.log_every = 50
+  cfg.train.eval_every = 2000
+  cfg.train.checkpoint_every = 1000
+  cfg.train.eval_batch = 64
+  cfg.train.eval_batches = 8
+  cfg.train.init_from = f"REQUIRED: a Qwen3-{size}-Base checkpoint converted with `pplx-jax convert --to jax`"
+  return cfg

@@ -2,11 +2,11 @@
 
 Start from Hugging Face weights converted with `pplx-jax convert Qwen3-0.6B-Base runs/qwen3-0.6b --to jax`, then
 `--config.train.init_from=runs/qwen3-0.6b --config.data.source=<prepared dataset dir>`. `get_config("v5p-128")`
-etc. selects the mesh for a target; see docs for the memory each needs.
+(i.e. `--config configs/pretrain/qwen3_0_6b.py:v5p-128`) selects the mesh for a target.
 """
 
 from configs.model import qwen3_0_6b as model
-from configs.pretrain.base import base
+from configs.pretrain.base import base, paper_scale
 
 MESHES = {
     "v5p-128": dict(data=1, fsdp=-1, tensor=1),
@@ -16,24 +16,4 @@ MESHES = {
 
 
 def get_config(target: str = "v5p-128"):
-  cfg = base(model.get_config())
-  if target not in MESHES:
-    raise ValueError(f"unknown target {target!r}; known: {sorted(MESHES)}")
-  cfg.mesh.update(MESHES[target])
-  cfg.model.remat = "full"
-  cfg.model.compute_dtype = "bfloat16"
-  cfg.data.source = "REQUIRED: a dataset prepared with `pplx-jax prepare` (FineWeb-Edu + FineWeb2)"
-  cfg.data.seq_len = 4096
-  cfg.objective.ce_chunk_size = 512
-  cfg.optimizer.lr = 5e-4
-  cfg.optimizer.warmup_steps = 2000
-  cfg.optimizer.decay_fraction = 0.1
-  cfg.train.steps = 60_000
-  cfg.train.global_batch = 1024
-  cfg.train.log_every = 50
-  cfg.train.eval_every = 2000
-  cfg.train.checkpoint_every = 1000
-  cfg.train.eval_batch = 64
-  cfg.train.eval_batches = 8
-  cfg.train.init_from = "REQUIRED: a Qwen3-0.6B-Base checkpoint converted with `pplx-jax convert --to jax`"
-  return cfg
+  return paper_scale(base(model.get_config()), MESHES, target, lr=5e-4, size="0.6B")
