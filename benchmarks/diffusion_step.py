@@ -1,27 +1,34 @@
 #!/usr/bin/env python
 """Stage-1 (masked-diffusion) train step: pplx-jax vs torch + transformers, and achieved FLOP/s vs a matmul peak.
 
-    python benchmarks/diffusion_step.py --preset cpu [--steps 5] [--warmup 2] [--json out.json]
-    python benchmarks/diffusion_step.py --preset qwen3-0.6b [--batch 4] [--remat full]      # GPU: MFU at seq 4096
-    python benchmarks/diffusion_step.py --preset cpu --sweep                                 # JAX variants, CPU
+    python benchmarks/diffusion_step.py --preset cpu [--steps 5] [--warmup 1] [--json out.json]   # ~2 min, 2 cores
+    python benchmarks/diffusion_step.py --preset qwen3-0.6b [--batch 4] [--remat full]          # GPU: MFU, seq 4096
+    python benchmarks/diffusion_step.py --preset cpu --sweep [--sweep-variants 0,1,2]           # JAX variants
 
 What is timed, per shape, in one process:
-  * pplx-jax: the trainer's step (`pplx_jax.train.trainer.train`'s `train_step`): value_and_grad of
-    `diffusion.diffusion_loss` over a pure params dict merged with `nnx.merge(graphdef, nnx.State(p))`, the
-    stage's optax chain (`make_optimizer(default_config())`: global-norm clipping + AdamW with the decay mask + WSD
-    schedule), jitted with params/opt_state donated; synchronised by reading the loss on the host, as the trainer
-    does. float32 on CPU, bfloat16 compute (float32 params and optimizer) on GPU.
+  * pplx-jax: the trainer's step (`trainer.train`'s `train_step`): value_and_grad of `diffusion.diffusion_loss` over
+    a pure params dict merged with `nnx.merge(graphdef, nnx.State(p))`, the stage's optax chain
+    (`make_optimizer(default_config())`: global-norm clipping + AdamW with the decay mask + WSD schedule), jitted with
+    params/opt_state donated, synchronised by reading the loss on the host as the trainer does. float32 on CPU;
+    bfloat16 compute with float32 params and optimizer on GPU. The fastest variant found here is the default; its
+    pieces that differ from the library (flattened-token projections, a fused CE, folded GQA attention, cuDNN
+    attention on GPU) are defined in this file and patched in while the step is traced -- `--check` compares its
+    loss, metrics and gradients with the library's own functions, `--layer/--ce/--attn library` times the library.
   * torch reference: `transformers.Qwen3Model(Qwen3Config(..., is_causal=False))` (SDPA attention), a tied LM
     head, the SAME objective written in torch (stratified t, Bernoulli masks with p = eps + (1 - eps) t, the mask id
     written over masked tokens, shifted targets, float32 CE with the mask logit excluded, weighted 1/p and normalised
-    by the valid tokens, masked accuracy), clip_grad_norm_(1.0) and torch.optim.AdamW (decay on matrices only),
-    synchronised by `loss.item()`; torch threads = CPU count. Parameter counts are asserted equal.
-The two are timed interleaved (one JAX step, one torch step, ...) so both see the same machine load; each column is
-the median of the timed steps. Model FLOPs per step come from `pplx_jax.train.flops.train_flops_per_token`
-(3 x forward, LM head included; remat recomputation is not counted). The matmul peak is the best of a few square
-float32 matmuls (JAX and torch, 1024 and 2048), measured before and after the steps in the same run.
+    by the valid tokens, masked accuracy), clip_grad_norm_(1.0) and the fused torch.optim.AdamW (decay on matrices
+    only), synchronised by `loss.item()`; torch threads = CPU count; bf16 autocast on GPU. Parameter counts are
+    asserted equal.
+On CPU the steps are interleaved (JAX step, torch step, JAX matmul, torch matmul, ...) so that all columns see the
+same machine load; on GPU (or with --sequential) torch runs first and is freed, then JAX. Each column is the median
+of the timed steps. Model FLOPs per step: `pplx_jax.train.flops.train_flops_per_token` (3 x forward, LM head
+included; remat recomputation is not counted). The matmul peak is the median of one square float32 2048 matmul
+timed between the steps (the same load as the steps); best-of peaks (1024 and 2048, before and after) are printed
+too. On GPU the MFU is relative to the spec-sheet peak (`flops.device_peak_flops()`).
 
-Only jax, flax, optax and numpy are required; without torch (or transformers) the torch column is skipped.
+Only jax, flax, optax and numpy are required; without torch (or transformers, or CUDA on a GPU machine) the torch
+column is skipped.
 """
 
 from __future__ import annotations
@@ -66,23 +73,19 @@ GPU_DEFAULTS = dict(scan=True, remat="full", ce_chunk=1024, attn="cudnn", ce="fu
 # --sweep: each variant changes the CPU defaults by these fields (measured round-robin in one process).
 SWEEP = (
     ("default", {}),
-    ("library layer (3-D einsums)", dict(layer="library")),
-    ("library CE (checkpointed chunks)", dict(ce="library")),
-    ("scan=True, remat=none", dict(scan=True, remat="none")),
-    ("scan=True, remat=full", dict(scan=True, remat="full")),
-    ("scan=True, remat=dots", dict(scan=True, remat="dots")),
-    ("scan=False, remat=none", dict(scan=False, remat="none")),
-    ("scan=False, remat=full", dict(scan=False, remat="full")),
-    ("attn=folded (GQA groups folded into rows)", dict(attn="folded")),
-    ("ce_chunk=256", dict(ce_chunk=256)),
-    ("ce_chunk=4096 (one chunk)", dict(ce_chunk=4096)),
-    ("naive (library layer + CE, scan, remat=full)", dict(layer="library", ce="library", scan=True, remat="full")),
-    ("remat=dots, attn=folded", dict(remat="dots", attn="folded")),
-    ("remat=full, attn=folded", dict(remat="full", attn="folded")),
-    ("scan=False, remat=none, attn=folded", dict(scan=False, remat="none", attn="folded")),
+    ("library as is (3-D einsums, checkpointed CE, grouped attention)",
+     dict(layer="library", ce="library", attn="library")),
+    ("layer=library (3-D einsums)", dict(layer="library")),
+    ("ce=library (checkpointed chunks)", dict(ce="library")),
+    ("attn=library (grouped einsums)", dict(attn="library")),
+    ("layer=flatcat (q|k|v, gate|up concatenated)", dict(layer="flatcat")),
+    ("remat=none", dict(remat="none")),
+    ("remat=dots", dict(remat="dots")),
     ("remat=dots_with_no_batch_dims", dict(remat="dots_with_no_batch_dims")),
     ("remat=save_attention_out", dict(remat="save_attention_out")),
-    ("attn=library", dict(attn="library")),
+    ("scan=False, remat=none", dict(scan=False, remat="none")),
+    ("scan=False, remat=full", dict(scan=False, remat="full")),
+    ("ce_chunk=128", dict(ce_chunk=128)),
 )
 
 
@@ -91,7 +94,7 @@ def parse_args(argv=None):
                                formatter_class=argparse.RawDescriptionHelpFormatter)
   ap.add_argument("--preset", choices=("cpu", "qwen3-0.6b"), default="cpu")
   ap.add_argument("--steps", type=int, default=None, help="timed steps per framework (cpu 5, gpu 10)")
-  ap.add_argument("--warmup", type=int, default=None, help="untimed steps after compilation (cpu 1, gpu 3)")
+  ap.add_argument("--warmup", type=int, default=None, help="untimed steps after compilation (cpu 1, gpu 2)")
   ap.add_argument("--json", default="", help="write the results here")
   ap.add_argument("--shapes", default="", help="comma-separated shape names to keep (cpu preset)")
   ap.add_argument("--no-torch", action="store_true", help="skip the torch reference")
@@ -110,8 +113,9 @@ def parse_args(argv=None):
   ap.add_argument("--ce", choices=("library", "fused"), default=None,
                   help="library: diffusion.masked_diffusion_loss (chunked, checkpointed); fused: gradients of the "
                        "weighted CE computed chunk by chunk in the forward pass (no logits recomputation)")
-  ap.add_argument("--layer", choices=("library", "flat"), default=None,
-                  help="library: qwen3.decoder_layer; flat: projections over flattened [B*S] tokens")
+  ap.add_argument("--layer", choices=("library", "flat", "flatcat"), default=None,
+                  help="library: qwen3.decoder_layer; flat: projections over flattened [B*S] tokens; flatcat: flat "
+                       "with q|k|v and gate|up each computed by one matmul")
   ap.add_argument("--dtype", choices=("float32", "bfloat16"), default=None, help="JAX compute dtype")
   # shape overrides (e.g. a small smoke test of the GPU preset on CPU)
   for name in ("batch", "seq", "layers", "hidden", "vocab"):
@@ -120,7 +124,8 @@ def parse_args(argv=None):
                   "the largest is also timed between the steps")
   ap.add_argument("--sequential", action="store_true",
                   help="time torch first, then JAX (the default on GPU) instead of interleaving their steps")
-  ap.add_argument("--check", action="store_true", help="check the JAX variant against the library's loss and gradients first")
+  ap.add_argument("--check", action="store_true",
+                  help="check the JAX variant against the library's loss, metrics and gradients first")
   return ap.parse_args(argv)
 
 
@@ -218,6 +223,35 @@ def flat_decoder_layer(p, x, cos, sin, segment_ids, cfg):
   up = h @ w("up_proj")
   mlp = constrain((jax.nn.silu(gate) * up).reshape(b, s, -1), ("act_batch", "act_length", "act_mlp"))
   x = x + (mlp.reshape(t, -1) @ w("down_proj")).reshape(b, s, d)
+  return constrain(x, ("act_batch", "act_length", "act_embed"))
+
+
+def flatcat_decoder_layer(p, x, cos, sin, segment_ids, cfg):
+  """flat_decoder_layer with q|k|v and gate|up concatenated into one matmul each (fewer, larger GEMMs; the weights
+  are concatenated per step, their gradients split)."""
+  from pplx_jax.models.qwen3 import apply_rope, checkpoint_name, constrain, rms_norm, to_dtype
+  cdt = to_dtype(cfg.compute_dtype)
+  w = lambda name: p[name].astype(cdt)
+  b, s, d = x.shape
+  t = b * s
+  nq, nk, hd = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim, cfg.head_dim
+  h = rms_norm(x, p["input_layernorm"], cfg.rms_norm_eps).reshape(t, d)
+  wqkv = jnp.concatenate([w("q_proj").reshape(d, nq), w("k_proj").reshape(d, nk), w("v_proj").reshape(d, nk)], 1)
+  qkv = h @ wqkv
+  q = qkv[:, :nq].reshape(b, s, cfg.num_heads, hd)
+  k = qkv[:, nq:nq + nk].reshape(b, s, cfg.num_kv_heads, hd)
+  v = qkv[:, nq + nk:].reshape(b, s, cfg.num_kv_heads, hd)
+  q = apply_rope(rms_norm(q, p["q_norm"], cfg.rms_norm_eps), cos, sin)
+  k = apply_rope(rms_norm(k, p["k_norm"], cfg.rms_norm_eps), cos, sin)
+  a = attn_lib.dot_product_attention(q, k, v, segment_ids, causal=cfg.causal, impl=cfg.attention_impl)
+  a = checkpoint_name(a, "attn_out")
+  o = a.reshape(t, nq) @ w("o_proj").reshape(nq, d)
+  x = constrain(x + o.reshape(b, s, d), ("act_batch", "act_length", "act_embed"))
+  h = rms_norm(x, p["post_attention_layernorm"], cfg.rms_norm_eps).reshape(t, d)
+  f = cfg.mlp_dim
+  gu = h @ jnp.concatenate([w("gate_proj"), w("up_proj")], axis=1)
+  mlp = jax.nn.silu(gu[:, :f]) * gu[:, f:]
+  x = x + (mlp @ w("down_proj")).reshape(b, s, d)
   return constrain(x, ("act_batch", "act_length", "act_embed"))
 
 
@@ -369,6 +403,8 @@ class patched:
       diffusion.masked_diffusion_loss = fused_masked_diffusion_loss
     if self.layer == "flat":
       qwen3.decoder_layer = flat_decoder_layer
+    elif self.layer == "flatcat":
+      qwen3.decoder_layer = flatcat_decoder_layer
 
   def __exit__(self, *exc):
     attn_lib._xla_attention, diffusion.masked_diffusion_loss, qwen3.decoder_layer = self._saved
@@ -746,7 +782,8 @@ def main(args):
 
     def add_torch():
       ts = TorchStep(shape, objective_config(shape, opts), batch, device=device, bf16=opts["dtype"] == "bfloat16")
-      assert ts.num_params == expected_params, f"parameter counts differ: jax {expected_params} vs torch {ts.num_params}"
+      assert ts.num_params == expected_params, (f"parameter counts differ: jax {expected_params} vs torch "
+                                                f"{ts.num_params}")
       info["torch"] = dict(optimizer=ts.optimizer_impl)
       return {"torch": ts, "torch matmul": TorchMatmul(max(sizes), device, peak_dtype)}
 
@@ -812,10 +849,13 @@ def main(args):
     lines.append("|---|---:|---:|---:|---:|---:|---:|")
     for name, r in row["runs"].items():
       vs = f"{r['steps_per_s'] / t['steps_per_s']:.2f}" if t else "-"
-      lines.append(f"| {name} | {1e3 * r['median_s']:.0f} | {1e3 * r['min_s']:.0f} | {1e3 * r['cpu_min_s']:.0f} | {vs} | "
-                   f"{r['flops_per_s'] / 1e12:.4f} | {fmt(100 * r['fraction_of_peak'], '.0f')}% |")
+      lines.append(f"| {name} | {1e3 * r['median_s']:.0f} | {1e3 * r['min_s']:.0f} | {1e3 * r['cpu_min_s']:.0f} | "
+                   f"{vs} | "
+                   f"{r['flops_per_s'] / 1e12:.4f} | "
+                   f"{fmt(r['fraction_of_peak'] and 100 * r['fraction_of_peak'], '.0f')}% |")
   else:
-    lines.append(f"| shape | params | jax steps/s | torch steps/s | ratio jax/torch | jax TFLOP/s | jax % of {peak_name} "
+    lines.append(f"| shape | params | jax steps/s | torch steps/s | ratio jax/torch | jax TFLOP/s | "
+                 f"jax % of {peak_name} "
                  f"| torch TFLOP/s | torch % of {peak_name} | matmul peak jax / torch (TFLOP/s) |")
     lines.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for row in results:
@@ -827,7 +867,8 @@ def main(args):
           f"{j['flops_per_s'] / 1e12:.4f} | {fmt(j['fraction_of_peak'] and 100 * j['fraction_of_peak'], '.0f')}% | "
           f"{fmt(t and t['flops_per_s'] / 1e12, '.4f')} | "
           f"{fmt(t and t['fraction_of_peak'] and 100 * t['fraction_of_peak'], '.0f')}% | "
-          f"{mm['jax']['flops_per_s'] / 1e12:.4f} / {fmt(mm.get('torch') and mm['torch']['flops_per_s'] / 1e12, '.4f')} |")
+          f"{mm['jax']['flops_per_s'] / 1e12:.4f} / "
+          f"{fmt(mm.get('torch') and mm['torch']['flops_per_s'] / 1e12, '.4f')} |")
   print()
   print("\n".join(lines))
   print()
