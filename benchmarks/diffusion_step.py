@@ -66,26 +66,30 @@ QWEN3_0_6B = dict(name="qwen3-0.6b", hidden=1024, layers=28, heads=16, kv_heads=
                   vocab=151_936, batch=4, seq=4096)
 
 # The fastest JAX settings found on CPU (see benchmarks/README.md and --sweep) and the GPU defaults.
-CPU_DEFAULTS = dict(scan=True, remat="full", ce_chunk=1024, attn="folded", ce="fused", layer="flat", dtype="float32")
-GPU_DEFAULTS = dict(scan=True, remat="full", ce_chunk=1024, attn="cudnn", ce="fused", layer="flat",
+CPU_DEFAULTS = dict(scan=True, remat="dots_with_no_batch_dims", ce_chunk=1024, attn="folded", ce="fused", layer="flat",
+                    dtype="float32")
+GPU_DEFAULTS = dict(scan=True, remat="dots_with_no_batch_dims", ce_chunk=1024, attn="cudnn", ce="fused", layer="flat",
                     dtype="bfloat16")
 
 # --sweep: each variant changes the CPU defaults by these fields (measured round-robin in one process).
 SWEEP = (
     ("default", {}),
-    ("library as is (3-D einsums, checkpointed CE, grouped attention)",
-     dict(layer="library", ce="library", attn="library")),
+    ("library as is (3-D einsums, checkpointed CE, grouped attention, remat=full)",
+     dict(layer="library", ce="library", attn="library", remat="full")),
     ("layer=library (3-D einsums)", dict(layer="library")),
     ("ce=library (checkpointed chunks)", dict(ce="library")),
     ("attn=library (grouped einsums)", dict(attn="library")),
-    ("layer=flatcat (q|k|v, gate|up concatenated)", dict(layer="flatcat")),
+    ("remat=full", dict(remat="full")),
     ("remat=none", dict(remat="none")),
     ("remat=dots", dict(remat="dots")),
-    ("remat=dots_with_no_batch_dims", dict(remat="dots_with_no_batch_dims")),
     ("remat=save_attention_out", dict(remat="save_attention_out")),
     ("scan=False, remat=none", dict(scan=False, remat="none")),
     ("scan=False, remat=full", dict(scan=False, remat="full")),
     ("ce_chunk=128", dict(ce_chunk=128)),
+    ("layer=flatcat", dict(layer="flatcat")),
+    ("layer=flatcat, scan=False, remat=none", dict(layer="flatcat", scan=False, remat="none")),
+    ("scan=False + unstack, remat=none", dict(scan=False, unstack=True, remat="none")),
+    ("scan=False + unstack, remat=dots_with_no_batch_dims", dict(scan=False, unstack=True)),
 )
 
 
@@ -116,6 +120,8 @@ def parse_args(argv=None):
   ap.add_argument("--layer", choices=("library", "flat", "flatcat"), default=None,
                   help="library: qwen3.decoder_layer; flat: projections over flattened [B*S] tokens; flatcat: flat "
                        "with q|k|v and gate|up each computed by one matmul")
+  ap.add_argument("--unstack", choices=("true", "false"), default=None,
+                  help="with --scan false: split the stacked layer params once (lax.unstack) instead of indexing")
   ap.add_argument("--dtype", choices=("float32", "bfloat16"), default=None, help="JAX compute dtype")
   # shape overrides (e.g. a small smoke test of the GPU preset on CPU)
   for name in ("batch", "seq", "layers", "hidden", "vocab"):
@@ -387,14 +393,36 @@ def fused_masked_diffusion_loss(hidden, head_weight, token_ids, valid_mask, mask
   return loss.astype(jnp.float32), {k: sg(v.astype(jnp.float32)) for k, v in metrics.items()}
 
 
+class _Unstacked:
+  """A stacked [L, ...] parameter split once with lax.unstack: `[i]` returns layer i. Indexing the stacked array
+  per layer (the library's unrolled path) slices it L times, and the gradient of each slice is padded back to
+  [L, ...] and summed (L full-size buffers); the gradient of one unstack is a single concatenate."""
+
+  def __init__(self, a):
+    self.parts = jax.lax.unstack(a)
+
+  def __getitem__(self, i):
+    return self.parts[i]
+
+
+_library_arrays = qwen3.DecoderLayers.arrays
+
+
+def _unstacked_arrays(self):
+  return {k: _Unstacked(v) for k, v in _library_arrays(self).items()}
+
+
 class patched:
   """Swap the library's attention / loss for a variant while a step is traced (jit traces on the first call)."""
 
-  def __init__(self, attn: str, ce: str, layer: str = "library"):
-    self.attn, self.ce, self.layer = attn, ce, layer
+  def __init__(self, attn: str, ce: str, layer: str = "library", unstack: bool = False):
+    self.attn, self.ce, self.layer, self.unstack = attn, ce, layer, unstack
 
   def __enter__(self):
-    self._saved = (attn_lib._xla_attention, diffusion.masked_diffusion_loss, qwen3.decoder_layer)
+    self._saved = (attn_lib._xla_attention, diffusion.masked_diffusion_loss, qwen3.decoder_layer,
+                   qwen3.DecoderLayers.arrays)
+    if self.unstack:  # only meaningful with scan_layers=False
+      qwen3.DecoderLayers.arrays = _unstacked_arrays
     if self.attn == "folded":
       attn_lib._xla_attention = folded_attention
     elif self.attn == "cudnn":
@@ -407,7 +435,8 @@ class patched:
       qwen3.decoder_layer = flatcat_decoder_layer
 
   def __exit__(self, *exc):
-    attn_lib._xla_attention, diffusion.masked_diffusion_loss, qwen3.decoder_layer = self._saved
+    (attn_lib._xla_attention, diffusion.masked_diffusion_loss, qwen3.decoder_layer,
+     qwen3.DecoderLayers.arrays) = self._saved
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -472,7 +501,9 @@ class JaxStep:
     self.step_idx = 0
     self._fn = jax.jit(train_step, donate_argnums=(0, 1))
     t = time.perf_counter()
-    with patched(opts["attn"], opts["ce"], opts["layer"]):
+    if opts.get("unstack") and opts["scan"]:
+      raise ValueError("unstack=True needs scan=False")
+    with patched(opts["attn"], opts["ce"], opts["layer"], bool(opts.get("unstack")) and not opts["scan"]):
       self._fn = self._fn.lower(self.params, self.opt_state, self.batch, jnp.asarray(0, jnp.int32)).compile()
     self.compile_s = time.perf_counter() - t
 
@@ -681,6 +712,8 @@ def resolve_opts(args) -> dict:
   opts = dict(CPU_DEFAULTS if args.preset == "cpu" else GPU_DEFAULTS)
   if args.scan is not None:
     opts["scan"] = args.scan == "true"
+  if args.unstack is not None:
+    opts["unstack"] = args.unstack == "true"
   for k in ("remat", "attn", "ce", "layer", "dtype"):
     if getattr(args, k) is not None:
       opts[k] = getattr(args, k)
@@ -740,6 +773,10 @@ def check_variant(shape, opts):
 
 def fmt(x, spec):
   return "-" if x is None else format(x, spec)
+
+
+def pct(frac):
+  return "-" if not frac else f"{100 * frac:.0f}%"
 
 
 def main(args):
@@ -852,7 +889,7 @@ def main(args):
       lines.append(f"| {name} | {1e3 * r['median_s']:.0f} | {1e3 * r['min_s']:.0f} | {1e3 * r['cpu_min_s']:.0f} | "
                    f"{vs} | "
                    f"{r['flops_per_s'] / 1e12:.4f} | "
-                   f"{fmt(r['fraction_of_peak'] and 100 * r['fraction_of_peak'], '.0f')}% |")
+                   f"{pct(r['fraction_of_peak'])} |")
   else:
     lines.append(f"| shape | params | jax steps/s | torch steps/s | ratio jax/torch | jax TFLOP/s | "
                  f"jax % of {peak_name} "
@@ -864,9 +901,9 @@ def main(args):
       lines.append(
           f"| {row['shape']['name']} | {row['num_params'] / 1e6:.1f}M | {j['steps_per_s']:.3f} | "
           f"{fmt(t and t['steps_per_s'], '.3f')} | {fmt(t and j['steps_per_s'] / t['steps_per_s'], '.2f')} | "
-          f"{j['flops_per_s'] / 1e12:.4f} | {fmt(j['fraction_of_peak'] and 100 * j['fraction_of_peak'], '.0f')}% | "
+          f"{j['flops_per_s'] / 1e12:.4f} | {pct(j['fraction_of_peak'])} | "
           f"{fmt(t and t['flops_per_s'] / 1e12, '.4f')} | "
-          f"{fmt(t and t['fraction_of_peak'] and 100 * t['fraction_of_peak'], '.0f')}% | "
+          f"{pct(t and t['fraction_of_peak'])} | "
           f"{mm['jax']['flops_per_s'] / 1e12:.4f} / "
           f"{fmt(mm.get('torch') and mm['torch']['flops_per_s'] / 1e12, '.4f')} |")
   print()
