@@ -40,7 +40,6 @@ import re
 import tempfile
 import time
 import types
-import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -50,6 +49,7 @@ import numpy as np
 from pplx_jax.data import builders
 from pplx_jax.data import text as text_lib
 from pplx_jax.data import wordnet
+from pplx_jax.data.pipeline import CheckpointableIterator, _shard
 from pplx_jax.data.text import DataError
 
 log = logging.getLogger(__name__)
@@ -590,19 +590,6 @@ def pairs_retrieval_set(path: str | os.PathLike, split: str = "validation", max_
 STATE_FORMAT = "pplx_jax.pair_pipeline/1"
 
 
-def _shard(n: int, shard_index: int | None, shard_count: int | None) -> tuple[int, int]:
-  if shard_index is None or shard_count is None:
-    import jax
-
-    shard_index = jax.process_index() if shard_index is None else shard_index
-    shard_count = jax.process_count() if shard_count is None else shard_count
-  if not 0 <= shard_index < shard_count:
-    raise ValueError(f"shard_index must be in [0, {shard_count}), got {shard_index}")
-  if n < shard_count:
-    raise ValueError(f"{n} records cannot feed {shard_count} shards (processes): every shard needs a record")
-  return shard_index, shard_count
-
-
 class _Tag:
   """record index -> (dataset index, record index)."""
 
@@ -667,7 +654,7 @@ def _component_seed(seed: int, i: int) -> int:
   return int(np.random.SeedSequence([seed, i]).generate_state(1)[0])
 
 
-class PairPipeline:
+class PairPipeline(CheckpointableIterator):
   """Iterator of contrastive training batches for one process (format: the module docstring).
 
   Args:
@@ -688,6 +675,8 @@ class PairPipeline:
       (default: ``jax.process_index()`` / ``jax.process_count()``).
     read_threads: grain threads reading and tokenising batches.
   """
+
+  _state_format = STATE_FORMAT
 
   def __init__(self, sources, tokenizer, batch_size: int, *, weights: Sequence[float] | None = None,
                kind: str = "pair", query_len: int = 64, doc_len: int = 256, negative_len: int | None = None,
@@ -743,43 +732,5 @@ class PairPipeline:
     ds = ds.batch(batch_size, drop_remainder=True, batch_fn=list).map(collate)
     ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads,
                                               prefetch_buffer_size=max(prefetch_batches, read_threads)))
-    self.dataset = ds
-    self._iterator = iter(ds)
-    self._finalizer = weakref.finalize(self, _close_iterator, self._iterator)
+    self._start(ds)
 
-  def __iter__(self) -> PairPipeline:
-    return self
-
-  def __next__(self) -> dict[str, np.ndarray]:
-    return next(self._iterator)
-
-  def get_state(self) -> dict:
-    """JSON-serialisable position (after the last batch returned) plus the settings it depends on."""
-    return {"format": STATE_FORMAT, "config": dict(self._config), "iterator": self._iterator.get_state()}
-
-  def set_state(self, state: dict) -> None:
-    """Resume from `get_state()` (possibly JSON round-tripped); the settings must match."""
-    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
-      raise ValueError(f"not a {STATE_FORMAT} state: {str(state)[:200]}")
-    diff = {k: (v, self._config.get(k)) for k, v in state["config"].items() if self._config.get(k) != v}
-    if diff:
-      raise ValueError("data-iterator state was saved with other settings (saved, current): "
-                       + ", ".join(f"{k}={a!r} vs {b!r}" for k, (a, b) in sorted(diff.items()))
-                       + "; the data position cannot be restored exactly")
-    self._iterator.set_state(state["iterator"])
-
-  def close(self) -> None:
-    self._finalizer()
-
-
-def _close_iterator(iterator) -> None:
-  iterator.close()
-  todo = [iterator]
-  while todo:
-    node = todo.pop()
-    node.close = _noop
-    todo.extend(getattr(node, "_parents", ()))
-
-
-def _noop() -> None:
-  pass

@@ -135,7 +135,49 @@ def _tuple_slices(state: Any) -> Any:
   return state
 
 
-class PretrainPipeline:
+class CheckpointableIterator:
+  """A grain iterator whose position is saved with the model: subclasses set `_state_format` and `_config` (the
+  settings the position depends on) and call `_start(dataset)`."""
+
+  _state_format: str
+
+  def _start(self, ds) -> None:
+    self.dataset = ds
+    self._iterator = iter(ds)
+    # Stop grain's prefetch threads before interpreter shutdown (their __del__ fails once modules are gone).
+    self._finalizer = weakref.finalize(self, _close_iterator, self._iterator)
+
+  def __iter__(self):
+    return self
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    return next(self._iterator)
+
+  def get_state(self) -> dict:
+    """JSON-serialisable position (after the last batch returned) plus the settings it depends on."""
+    return {"format": self._state_format, "config": dict(self._config), "iterator": self._iterator.get_state()}
+
+  def set_state(self, state: dict) -> None:
+    """Resume from `get_state()` (possibly JSON round-tripped); the settings must match."""
+    fmt = self._state_format
+    if not isinstance(state, dict) or state.get("format") != fmt:
+      raise ValueError(f"not a {fmt} state: {str(state)[:200]}")
+    diff = {k: (v, self._config.get(k)) for k, v in state["config"].items() if self._config.get(k) != v}
+    if diff:
+      raise ValueError("data-iterator state was saved with other settings (saved, current): "
+                       + ", ".join(f"{k}={a!r} vs {b!r}" for k, (a, b) in sorted(diff.items()))
+                       + "; the data position cannot be restored exactly")
+    self._iterator.set_state(self._iterator_state_from_json(state["iterator"]))
+
+  def _iterator_state_from_json(self, state):
+    return state
+
+  def close(self) -> None:
+    """Stop prefetching (threads or worker processes); the pipeline cannot be used afterwards."""
+    self._finalizer()
+
+
+class PretrainPipeline(CheckpointableIterator):
   """Iterator of packed pretraining batches for one process (see the module docstring).
 
   Args:
@@ -153,6 +195,8 @@ class PretrainPipeline:
       packs its own slice), so resume with the same value.
     read_threads: grain threads reading and tokenizing records.
   """
+
+  _state_format = STATE_FORMAT
 
   def __init__(self, source, tokenizer, seq_len: int, batch_size: int, seed: int = 0,
                num_epochs: int | None = None, shard_index: int | None = None, shard_count: int | None = None,
@@ -179,35 +223,10 @@ class PretrainPipeline:
       ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
     elif prefetch_batches > 0:
       ds = grain.experimental.ThreadPrefetchIterDataset(ds, prefetch_buffer_size=prefetch_batches)
-    self.dataset = ds
-    self._iterator = iter(ds)
-    # Stop grain's prefetch threads before interpreter shutdown (their __del__ fails once modules are gone).
-    self._finalizer = weakref.finalize(self, _close_iterator, self._iterator)
+    self._start(ds)
 
-  def __iter__(self) -> PretrainPipeline:
-    return self
-
-  def __next__(self) -> dict[str, np.ndarray]:
-    return next(self._iterator)
-
-  def get_state(self) -> dict:
-    """JSON-serialisable position (after the last batch returned) plus the settings it depends on."""
-    return {"format": STATE_FORMAT, "config": dict(self._config), "iterator": self._iterator.get_state()}
-
-  def set_state(self, state: dict) -> None:
-    """Resume from `get_state()` (possibly JSON round-tripped); the settings must match."""
-    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
-      raise ValueError(f"not a {STATE_FORMAT} state: {str(state)[:200]}")
-    diff = {k: (v, self._config.get(k)) for k, v in state["config"].items() if self._config.get(k) != v}
-    if diff:
-      raise ValueError("data-iterator state was saved with other settings (saved, current): "
-                       + ", ".join(f"{k}={a!r} vs {b!r}" for k, (a, b) in sorted(diff.items()))
-                       + "; the data position cannot be restored exactly")
-    self._iterator.set_state(_tuple_slices(state["iterator"]))
-
-  def close(self) -> None:
-    """Stop prefetching (threads or worker processes); the pipeline cannot be used afterwards."""
-    self._finalizer()
+  def _iterator_state_from_json(self, state):
+    return _tuple_slices(state)  # JSON turned the packer's tuple markers into lists
 
 
 def _close_iterator(iterator) -> None:
