@@ -73,7 +73,6 @@ REASONS = ("invalid_utf8", "invalid_json", "missing_field", "non_string_field", 
 SPLITS = builders.SPLITS
 VERSION = builders.VERSION
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
-_LOGGED_PER_REASON = 10
 
 
 # ---------------------------------------------------------------------------------------------
@@ -219,12 +218,7 @@ def iter_pair_records(
                       "pairs and triplets are read from .jsonl or .parquet files (optionally .gz)")
     for line_no, rec in reader(path, kind, fields):
       if isinstance(rec, DataError):
-        if on_error == "raise":
-          raise rec
-        n = stats.get(rec.reason, 0) + 1
-        stats[rec.reason] = n
-        if log_skipped and n <= _LOGGED_PER_REASON:
-          log.warning("skipping bad record %s%s", rec, " (further ones not logged)" if n == _LOGGED_PER_REASON else "")
+        text_lib.skip_or_raise(rec, on_error, stats, log_skipped)
         continue
       stats["records"] += 1
       yield str(path), line_no, rec

@@ -174,15 +174,20 @@ def iter_text_records(
       if not isinstance(text, DataError) and not text.strip():
         text = DataError(path, line_no, "empty_text", "empty text")
       if isinstance(text, DataError):
-        if on_error == "raise":
-          raise text
-        n = stats.get(text.reason, 0) + 1
-        stats[text.reason] = n
-        if log_skipped and n <= _LOGGED_PER_REASON:
-          log.warning("skipping bad record %s%s", text, " (further ones not logged)" if n == _LOGGED_PER_REASON else "")
+        skip_or_raise(text, on_error, stats, log_skipped)
         continue
       stats["records"] += 1
       yield str(path), line_no, text
+
+
+def skip_or_raise(err: DataError, on_error: str, stats: dict, log_skipped: bool = True) -> None:
+  """The bad-record policy every reader shares: raise, or count by reason (logging the first few) and go on."""
+  if on_error == "raise":
+    raise err
+  n = stats.get(err.reason, 0) + 1
+  stats[err.reason] = n
+  if log_skipped and n <= _LOGGED_PER_REASON:
+    log.warning("skipping bad record %s%s", err, " (further ones not logged)" if n == _LOGGED_PER_REASON else "")
 
 
 def skipped(stats: dict) -> dict:
