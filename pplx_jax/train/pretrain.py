@@ -99,7 +99,6 @@ class PretrainTask:
                                                                               ratios))
     totals: dict[str, float] = {}
     counts: dict[str, float] = {}
-    mesh = jax.sharding.get_abstract_mesh()
     for i, b in enumerate(batches):
       rng = jax.random.key(10_000 + i)  # fixed masks: comparable across steps
       out = jax.device_get(self._eval_fn(state, {k: jnp.asarray(v) for k, v in b.items()}, rng))
