@@ -10,10 +10,10 @@ What is timed, per shape, in one process:
     a pure params dict merged with `nnx.merge(graphdef, nnx.State(p))`, the stage's optax chain
     (`make_optimizer(default_config())`: global-norm clipping + AdamW with the decay mask + WSD schedule), jitted with
     params/opt_state donated, synchronised by reading the loss on the host as the trainer does. float32 on CPU;
-    bfloat16 compute with float32 params and optimizer on GPU. The fastest variant found here is the default; its
-    pieces that differ from the library (flattened-token projections, a fused CE, folded GQA attention, cuDNN
-    attention on GPU) are defined in this file and patched in while the step is traced -- `--check` compares its
-    loss, metrics and gradients with the library's own functions, `--layer/--ce/--attn library` times the library.
+    bfloat16 compute with float32 params and optimizer on GPU. The default is the library as is (flattened-token
+    projections, the fused linear CE, GQA folded into the query rows); the variants (`--layer bsd`, `--ce plain`,
+    `--attn grouped|cudnn`, `--layer flatcat`) are defined in this file and patched in while the step is traced --
+    `--check` compares a variant's loss, metrics and gradients with the library's own functions.
   * torch reference: `transformers.Qwen3Model(Qwen3Config(..., is_causal=False))` (SDPA attention), a tied LM
     head, the SAME objective written in torch (stratified t, Bernoulli masks with p = eps + (1 - eps) t, the mask id
     written over masked tokens, shifted targets, float32 CE with the mask logit excluded, weighted 1/p and normalised
@@ -34,7 +34,6 @@ column is skipped.
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import os
 import platform
@@ -66,19 +65,19 @@ QWEN3_0_6B = dict(name="qwen3-0.6b", hidden=1024, layers=28, heads=16, kv_heads=
                   vocab=151_936, batch=4, seq=4096)
 
 # The fastest JAX settings found on CPU (see benchmarks/README.md and --sweep) and the GPU defaults.
-CPU_DEFAULTS = dict(scan=True, remat="dots_with_no_batch_dims", ce_chunk=1024, attn="folded", ce="fused", layer="flat",
-                    dtype="float32")
-GPU_DEFAULTS = dict(scan=True, remat="dots_with_no_batch_dims", ce_chunk=1024, attn="cudnn", ce="fused", layer="flat",
-                    dtype="bfloat16")
+CPU_DEFAULTS = dict(scan=True, remat="dots_with_no_batch_dims", ce_chunk=1024, attn="library", ce="fused",
+                    layer="library", dtype="float32")
+GPU_DEFAULTS = dict(scan=True, remat="dots_with_no_batch_dims", ce_chunk=1024, attn="cudnn", ce="fused",
+                    layer="library", dtype="bfloat16")
 
 # --sweep: each variant changes the CPU defaults by these fields (measured round-robin in one process).
 SWEEP = (
-    ("default", {}),
-    ("library as is (3-D einsums, checkpointed CE, grouped attention, remat=full)",
-     dict(layer="library", ce="library", attn="library", remat="full")),
-    ("layer=library (3-D einsums)", dict(layer="library")),
-    ("ce=library (checkpointed chunks)", dict(ce="library")),
-    ("attn=library (grouped einsums)", dict(attn="library")),
+    ("default (the library, remat=dots_with_no_batch_dims)", {}),
+    ("before the optimisations (3-D einsums, plain CE, grouped attention, remat=full)",
+     dict(layer="bsd", ce="plain", attn="grouped", remat="full")),
+    ("layer=bsd (3-D einsums)", dict(layer="bsd")),
+    ("ce=plain (checkpointed chunks)", dict(ce="plain")),
+    ("attn=grouped (group axis einsums)", dict(attn="grouped")),
     ("remat=full", dict(remat="full")),
     ("remat=none", dict(remat="none")),
     ("remat=dots", dict(remat="dots")),
@@ -110,16 +109,17 @@ def parse_args(argv=None):
   ap.add_argument("--remat", choices=("none", "full", "dots", "dots_with_no_batch_dims", "save_attention_out"),
                   default=None)
   ap.add_argument("--ce-chunk", type=int, default=None, help="DiffusionConfig.ce_chunk_size")
-  ap.add_argument("--attn", choices=("library", "folded", "cudnn"), default=None,
-                  help="library: pplx_jax.models.attention (XLA); folded: the same with the GQA groups folded into "
-                       "the query rows; cudnn: jax.nn.dot_product_attention(implementation='cudnn') with per-row "
-                       "lengths (exact for one right-padded document per row, as here; XLA on CPU)")
-  ap.add_argument("--ce", choices=("library", "fused"), default=None,
-                  help="library: diffusion.masked_diffusion_loss (chunked, checkpointed); fused: gradients of the "
-                       "weighted CE computed chunk by chunk in the forward pass (no logits recomputation)")
-  ap.add_argument("--layer", choices=("library", "flat", "flatcat"), default=None,
-                  help="library: qwen3.decoder_layer; flat: projections over flattened [B*S] tokens; flatcat: flat "
-                       "with q|k|v and gate|up each computed by one matmul")
+  ap.add_argument("--attn", choices=("library", "grouped", "cudnn"), default=None,
+                  help="library: pplx_jax.models.attention (XLA, GQA groups folded into the query rows); grouped: "
+                       "the earlier version with a group axis; cudnn: jax.nn.dot_product_attention("
+                       "implementation='cudnn') with per-row lengths (exact for one right-padded document per row, as "
+                       "here; XLA on CPU)")
+  ap.add_argument("--ce", choices=("fused", "plain"), default=None,
+                  help="fused: the library's training loss (fused linear CE: gradients formed chunk by chunk in the "
+                       "forward pass); plain: masked_diffusion_loss(fused=False), chunked and checkpointed")
+  ap.add_argument("--layer", choices=("library", "bsd", "flatcat"), default=None,
+                  help="library: qwen3.decoder_layer (projections over flattened [B*S] tokens); bsd: the earlier "
+                       "[B, S, D] einsums; flatcat: the library with q|k|v and gate|up each computed by one matmul")
   ap.add_argument("--unstack", choices=("true", "false"), default=None,
                   help="with --scan false: split the stacked layer params once (lax.unstack) instead of indexing")
   ap.add_argument("--dtype", choices=("float32", "bfloat16"), default=None, help="JAX compute dtype")
@@ -169,7 +169,7 @@ TOTAL_STEPS = 100_000  # for the LR schedule only
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# JAX variants (prototyped here; the fused CE and folded attention are candidates for the library)
+# JAX variants: the pre-optimisation versions of the library's pieces (to measure each change) and candidates
 
 
 def seqlen_attention(q, k, v, segment_ids, causal):
@@ -182,54 +182,39 @@ def seqlen_attention(q, k, v, segment_ids, causal):
                                       key_value_seq_lengths=lengths, implementation=impl)
 
 
-def folded_attention(q, k, v, segment_ids, causal):
-  """Same function as attention._xla_attention; the g query heads sharing a KV head are folded into the row axis so
-  both attention matmuls are plain batched [b*kv] matmuls with leading batch dims."""
+def grouped_attention(q, k, v, segment_ids, causal):
+  """The library's XLA attention before the GQA fold (a separate query-group axis between batch and rows): kept to
+  measure what the fold gained."""
   b, s, n, h = q.shape
   kv = k.shape[2]
   g = n // kv
-  qf = q.reshape(b, s, kv, g, h).transpose(0, 2, 3, 1, 4).reshape(b, kv, g * s, h)
-  kt = k.transpose(0, 2, 1, 3)
-  vt = v.transpose(0, 2, 1, 3)
-  scores = jnp.einsum("bkqh,bksh->bkqs", qf, kt, preferred_element_type=jnp.float32) * (h ** -0.5)
-  scores = scores.reshape(b, kv, g, s, s)
+  qg = q.reshape(b, s, kv, g, h)
+  scores = jnp.einsum("bqkgh,bskh->bkgqs", qg, k, preferred_element_type=jnp.float32) * (h ** -0.5)
   mask = attn_lib.attention_mask(segment_ids, causal)[:, :, None]  # [B, 1, 1, S, S]
   scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
-  probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype).reshape(b, kv, g * s, s)
-  out = jnp.einsum("bkqs,bksh->bkqh", probs, vt)
-  return out.reshape(b, kv, g, s, h).transpose(0, 3, 1, 2, 4).reshape(b, s, n, h)
+  probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+  out = jnp.einsum("bkgqs,bskh->bqkgh", probs, v)
+  return out.reshape(b, s, n, h)
 
 
-def flat_decoder_layer(p, x, cos, sin, segment_ids, cfg):
-  """qwen3.decoder_layer with the projections written over flattened tokens [B*S, ...] (same function).
-
-  With [B, S, D] operands, autodiff's weight gradients contract over two dims (b, s); XLA:CPU then materialises a
-  transposed copy of the [B*S, F] activation gradient for every weight gradient (strided, slow loop fusions). With
-  one token dim the weight gradient is a plain A^T B dot that the GEMM reads in place."""
+def bsd_decoder_layer(p, x, cos, sin, segment_ids, cfg):
+  """qwen3.decoder_layer before flattening the tokens: [B, S, D] einsums, whose weight gradients contract two dims
+  (b, s) — kept to measure what the flattening gained."""
   from pplx_jax.models.qwen3 import apply_rope, checkpoint_name, constrain, rms_norm, to_dtype
   cdt = to_dtype(cfg.compute_dtype)
   w = lambda name: p[name].astype(cdt)
-  b, s, d = x.shape
-  t = b * s
-  h = rms_norm(x, p["input_layernorm"], cfg.rms_norm_eps).reshape(t, d)
-  q = jnp.einsum("td,dnh->tnh", h, w("q_proj")).reshape(b, s, cfg.num_heads, cfg.head_dim)
-  k = jnp.einsum("td,dkh->tkh", h, w("k_proj")).reshape(b, s, cfg.num_kv_heads, cfg.head_dim)
-  v = jnp.einsum("td,dkh->tkh", h, w("v_proj")).reshape(b, s, cfg.num_kv_heads, cfg.head_dim)
-  q = constrain(q, ("act_batch", "act_length", "act_heads", None))
-  k = constrain(k, ("act_batch", "act_length", "act_kv_heads", None))
-  v = constrain(v, ("act_batch", "act_length", "act_kv_heads", None))
+  h = rms_norm(x, p["input_layernorm"], cfg.rms_norm_eps)
+  q = jnp.einsum("bsd,dnh->bsnh", h, w("q_proj"))
+  k = jnp.einsum("bsd,dkh->bskh", h, w("k_proj"))
+  v = jnp.einsum("bsd,dkh->bskh", h, w("v_proj"))
   q = apply_rope(rms_norm(q, p["q_norm"], cfg.rms_norm_eps), cos, sin)
   k = apply_rope(rms_norm(k, p["k_norm"], cfg.rms_norm_eps), cos, sin)
   a = attn_lib.dot_product_attention(q, k, v, segment_ids, causal=cfg.causal, impl=cfg.attention_impl)
   a = checkpoint_name(a, "attn_out")
-  o = jnp.einsum("tnh,nhd->td", a.reshape(t, cfg.num_heads, cfg.head_dim), w("o_proj"))
-  x = constrain(x + o.reshape(b, s, d), ("act_batch", "act_length", "act_embed"))
-  h = rms_norm(x, p["post_attention_layernorm"], cfg.rms_norm_eps).reshape(t, d)
-  gate = h @ w("gate_proj")
-  up = h @ w("up_proj")
-  mlp = constrain((jax.nn.silu(gate) * up).reshape(b, s, -1), ("act_batch", "act_length", "act_mlp"))
-  x = x + (mlp.reshape(t, -1) @ w("down_proj")).reshape(b, s, d)
-  return constrain(x, ("act_batch", "act_length", "act_embed"))
+  x = x + jnp.einsum("bsnh,nhd->bsd", a, w("o_proj"))
+  h = rms_norm(x, p["post_attention_layernorm"], cfg.rms_norm_eps)
+  mlp = jax.nn.silu(jnp.einsum("bsd,df->bsf", h, w("gate_proj"))) * jnp.einsum("bsd,df->bsf", h, w("up_proj"))
+  return constrain(x + jnp.einsum("bsf,fd->bsd", mlp, w("down_proj")), ("act_batch", "act_length", "act_embed"))
 
 
 def flatcat_decoder_layer(p, x, cos, sin, segment_ids, cfg):
@@ -261,136 +246,12 @@ def flatcat_decoder_layer(p, x, cos, sin, segment_ids, cfg):
   return constrain(x, ("act_batch", "act_length", "act_embed"))
 
 
-def _ce_coefficients(valid, score, p, cfg):
-  """d loss / d ce per position: the loss is linear in the per-position CE with coefficients that do not depend on
-  the parameters (weights 1/p and the normaliser), so the CE gradients can be formed in the forward pass."""
-  p = jnp.asarray(p, jnp.float32)
-  if cfg.weighting == "elbo":
-    w = jnp.where(p > 0, 1.0 / jnp.where(p > 0, p, 1.0), 0.0)
-  else:
-    w = jnp.ones_like(p)
-  scf = score.astype(jnp.float32)
-  row_valid = jnp.sum(valid, axis=1, dtype=jnp.float32)
-  if cfg.normalization == "valid_tokens":
-    per_row = w / jnp.maximum(jnp.sum(row_valid), 1.0)
-  elif cfg.normalization == "masked_tokens":
-    per_row = w / jnp.maximum(jnp.sum(scf), 1.0)
-  else:  # sequence
-    has = row_valid > 0
-    per_row = jnp.where(has, w / jnp.maximum(row_valid, 1.0), 0.0) / jnp.maximum(jnp.sum(has, dtype=jnp.float32), 1.0)
-  return w, per_row[:, None] * scf
+_library_loss = diffusion.masked_diffusion_loss
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
-def fused_weighted_ce(hidden, w, targets, coeff, score, cfg):
-  """(sum coeff * ce, sum ce, sum correct) over [B, L] positions, chunked over the sequence.
-
-  The forward pass also forms d(sum coeff * ce)/d(hidden, w) chunk by chunk (softmax - onehot, two matmuls), so the
-  backward pass is a scale: 3 LM-head matmuls per chunk instead of 4 (forward, checkpoint recompute, 2 grads), and
-  the softmax is computed once instead of twice."""
-  out, _ = _fused_fwd(hidden, w, targets, coeff, score, cfg)
-  return out
-
-
-def _fused_fwd(hidden, w, targets, coeff, score, cfg):
-  b, length, d = hidden.shape
-  vocab = w.shape[1]
-  chunk = min(cfg.ce_chunk_size, length)
-  n_chunks = -(-length // chunk)
-  pad = n_chunks * chunk - length
-
-  def to_chunks(a, value):
-    if pad:
-      a = jnp.pad(a, [(0, 0), (0, pad)] + [(0, 0)] * (a.ndim - 2), constant_values=value)
-    return jnp.moveaxis(a.reshape((b, n_chunks, chunk) + a.shape[2:]), 1, 0)
-
-  wc = w.astype(hidden.dtype)
-  banned_ids = []
-  if cfg.exclude_mask_logit and cfg.mask_token_id < vocab:
-    banned_ids.append(cfg.mask_token_id)
-
-  def body(dw, args):
-    x, tg, cf, sc = args
-    logits = jnp.einsum("bcd,dv->bcv", x, wc, preferred_element_type=jnp.float32)
-    iota = jax.lax.broadcasted_iota(jnp.int32, logits.shape, 2)
-    banned = None
-    for i in banned_ids:
-      banned = iota == i if banned is None else banned | (iota == i)
-    if cfg.vocab_limit is not None and cfg.vocab_limit < vocab:
-      over = iota >= cfg.vocab_limit
-      banned = over if banned is None else banned | over
-    if banned is not None:
-      logits = jnp.where(banned, -jnp.inf, logits)
-    m = jnp.max(logits, axis=-1, keepdims=True)
-    e = jnp.exp(logits - m)
-    s = jnp.sum(e, axis=-1, keepdims=True)
-    lse = (m + jnp.log(s))[..., 0]
-    onehot = iota == tg[..., None]
-    tl = jnp.sum(jnp.where(onehot, logits, 0.0), axis=-1)
-    ce = jnp.where(sc, lse - tl, 0.0)
-    correct = (jnp.argmax(logits, axis=-1).astype(jnp.int32) == tg) & sc
-    dlogits = (cf[..., None] * (e / s - onehot.astype(jnp.float32))).astype(x.dtype)
-    dx = jnp.einsum("bcv,dv->bcd", dlogits, wc, preferred_element_type=jnp.float32).astype(x.dtype)
-    # one contracting token dim (b*c): a plain A^T B dot, no transposed copy of x or dlogits on CPU
-    dw = dw + jnp.einsum("td,tv->dv", x.reshape(-1, d), dlogits.reshape(-1, vocab),
-                         preferred_element_type=jnp.float32)
-    return dw, (ce, correct, dx)
-
-  xs = (to_chunks(hidden, 0), to_chunks(targets.astype(jnp.int32), 0), to_chunks(coeff.astype(jnp.float32), 0.0),
-        to_chunks(score, False))
-  dw0 = jnp.zeros((d, vocab), jnp.float32)
-  if n_chunks == 1:
-    dw, (ce, correct, dx) = body(dw0, jax.tree.map(lambda a: a[0], xs))
-    ce, correct, dx = ce[None], correct[None], dx[None]
-  else:
-    dw, (ce, correct, dx) = jax.lax.scan(body, dw0, xs)
-  unchunk = lambda a: jnp.moveaxis(a, 0, 1).reshape((b, n_chunks * chunk) + a.shape[3:])[:, :length]
-  ce, correct, dx = unchunk(ce), unchunk(correct), unchunk(dx)
-  loss = jnp.sum(ce * coeff)
-  out = (loss, jnp.sum(ce), jnp.sum(correct, dtype=jnp.float32))
-  return out, (dx, dw.astype(w.dtype))
-
-
-def _fused_bwd(cfg, res, g):
-  dx, dw = res
-  gl = g[0]
-  return (gl.astype(dx.dtype) * dx, gl.astype(dw.dtype) * dw, None, None, None)
-
-
-fused_weighted_ce.defvjp(_fused_fwd, _fused_bwd)
-
-
-def fused_masked_diffusion_loss(hidden, head_weight, token_ids, valid_mask, masked, p, cfg, *, maskable_mask=None,
-                                t=None, segment_ids=None):
-  """Drop-in for diffusion.masked_diffusion_loss (same loss and metrics) built on fused_weighted_ce."""
-  valid = valid_mask.astype(bool)
-  masked = masked.astype(bool) & valid
-  if segment_ids is not None:
-    targets, score = diffusion._targets_and_scores(token_ids, valid, masked, cfg, segment_ids)
-  else:
-    targets, score = diffusion._targets_and_scores(token_ids, valid, masked, cfg)
-  w, coeff = _ce_coefficients(valid, score, p, cfg)
-  sg = jax.lax.stop_gradient
-  loss, ce_sum, correct_sum = fused_weighted_ce(hidden, head_weight, targets, sg(coeff), score, cfg)
-  scf = score.astype(jnp.float32)
-  row_valid = jnp.sum(valid, axis=1, dtype=jnp.float32)
-  num_masked = jnp.sum(scf)
-  maskable = diffusion._default_maskable(valid, cfg) if maskable_mask is None else maskable_mask.astype(bool) & valid
-  rows_valid = row_valid > 0
-  t = jnp.asarray(p, jnp.float32) if t is None else jnp.asarray(t, jnp.float32)
-  rows_masked = jnp.sum(scf, axis=1) > 0
-  metrics = {
-      "loss": loss,
-      "masked_ce": ce_sum / jnp.maximum(num_masked, 1.0),
-      "masked_acc": correct_sum / jnp.maximum(num_masked, 1.0),
-      "num_masked": num_masked,
-      "num_valid": jnp.sum(row_valid),
-      "realized_mask_rate": jnp.sum(masked & maskable, dtype=jnp.float32)
-                            / jnp.maximum(jnp.sum(maskable, dtype=jnp.float32), 1.0),
-      "mean_t": jnp.sum(jnp.where(rows_valid, t, 0.0)) / jnp.maximum(jnp.sum(rows_valid, dtype=jnp.float32), 1.0),
-      "max_weight": jnp.max(jnp.where(rows_masked, w, 0.0)),
-  }
-  return loss.astype(jnp.float32), {k: sg(v.astype(jnp.float32)) for k, v in metrics.items()}
+def plain_masked_diffusion_loss(*args, **kw):
+  """The library loss with the checkpointed chunks instead of the fused linear CE (what evaluation uses)."""
+  return _library_loss(*args, **dict(kw, fused=False))
 
 
 class _Unstacked:
@@ -423,14 +284,14 @@ class patched:
                    qwen3.DecoderLayers.arrays)
     if self.unstack:  # only meaningful with scan_layers=False
       qwen3.DecoderLayers.arrays = _unstacked_arrays
-    if self.attn == "folded":
-      attn_lib._xla_attention = folded_attention
+    if self.attn == "grouped":
+      attn_lib._xla_attention = grouped_attention
     elif self.attn == "cudnn":
       attn_lib._xla_attention = seqlen_attention
-    if self.ce == "fused":
-      diffusion.masked_diffusion_loss = fused_masked_diffusion_loss
-    if self.layer == "flat":
-      qwen3.decoder_layer = flat_decoder_layer
+    if self.ce == "plain":
+      diffusion.masked_diffusion_loss = plain_masked_diffusion_loss
+    if self.layer == "bsd":
+      qwen3.decoder_layer = bsd_decoder_layer
     elif self.layer == "flatcat":
       qwen3.decoder_layer = flatcat_decoder_layer
 
@@ -752,7 +613,7 @@ def check_variant(shape, opts):
   params = nnx.to_pure_dict(state)
   rng = jax.random.key(3)
   outs = {}
-  for name, variant in (("library", ("library", "library", "library")),
+  for name, variant in (("library", ("library", "fused", "library")),
                         ("variant", (opts["attn"], opts["ce"], opts["layer"]))):
     with patched(*variant):
       f = jax.jit(jax.value_and_grad(

@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-from pathlib import Path
 
 
 def _init_model(args) -> int:
   """Create a randomly initialised model from a config (for from-scratch work and the quickstart)."""
-  import json
-
   import ml_collections
 
   from pplx_jax import checkpoint as ckpt

@@ -1,7 +1,6 @@
 """Conversion: Hugging Face <-> pplx-jax <-> sentence-transformers, checked with stock PyTorch loaders."""
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np

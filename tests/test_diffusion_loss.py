@@ -652,9 +652,11 @@ def test_chunked_loss_matches_unchunked_reference_and_gradients():
     naive = jax.grad(_naive_loss, argnums=(0, 1))(h, ww, targets, score, 1 / p, float(valid.sum()), mask_id)
     out = {}
     for c in chunks:
-      cfg = DiffusionConfig(mask_token_id=mask_id, ce_chunk_size=c, random_length_prob=0.0)
-      fn = lambda a, b, cfg=cfg: dl.masked_diffusion_loss(a, b, ids, valid, masked, p, cfg)
-      out[c] = jax.value_and_grad(fn, argnums=(0, 1), has_aux=True)(h, ww)
+      for fused in (False, True):
+        cfg = DiffusionConfig(mask_token_id=mask_id, ce_chunk_size=c, random_length_prob=0.0)
+        fn = lambda a, b, cfg=cfg, fused=fused: dl.masked_diffusion_loss(a, b, ids, valid, masked, p, cfg,
+                                                                         fused=fused)
+        out[c, fused] = jax.value_and_grad(fn, argnums=(0, 1), has_aux=True)(h, ww)
     return naive, out
 
   naive, out = run(jnp.asarray(hidden), jnp.asarray(w))
@@ -669,19 +671,56 @@ def test_chunked_loss_matches_unchunked_reference_and_gradients():
     assert np.all(gh[~score] == 0.0) and np.any(gh[score] != 0.0)
 
 
-def test_chunking_never_materialises_full_logits():
+@pytest.mark.parametrize("fused", [False, True])
+def test_chunking_never_materialises_full_logits(fused):
   """Compiled temp memory of loss + gradients stays a small multiple of one chunk's logits, far below [B, L, V] f32."""
   b_, l_, d_, v_, chunk = 2, 1024, 16, 4096, 32
   full, one_chunk = b_ * l_ * v_ * 4, b_ * chunk * v_ * 4
   ids = jnp.zeros((b_, l_), jnp.int32)
   valid = jnp.ones((b_, l_), bool)
   cfg = DiffusionConfig(mask_token_id=5, ce_chunk_size=chunk)
-  fn = jax.value_and_grad(lambda h, w: dl.masked_diffusion_loss(h, w, ids, valid, valid, jnp.ones((b_,)), cfg)[0],
-                          argnums=(0, 1))
+  fn = jax.value_and_grad(lambda h, w: dl.masked_diffusion_loss(h, w, ids, valid, valid, jnp.ones((b_,)), cfg,
+                                                                fused=fused)[0], argnums=(0, 1))
   compiled = jax.jit(fn).lower(jax.ShapeDtypeStruct((b_, l_, d_), jnp.bfloat16),
                                jax.ShapeDtypeStruct((d_, v_), jnp.float32)).compile()
   temp = compiled.memory_analysis().temp_size_in_bytes
   assert temp < min(full / 4, 8 * one_chunk), (temp, full, one_chunk)
+
+
+@pytest.mark.parametrize("normalization", ["valid_tokens", "masked_tokens", "sequence"])
+@pytest.mark.parametrize("weighting", ["elbo", "none"])
+def test_fused_ce_equals_plain_path(normalization, weighting):
+  """The training path's fused linear CE: same loss, metrics and gradients as the checkpointed chunks, for every
+  normalisation and weighting (its coefficients are formed separately from the plain path's reductions), with
+  packed segments, an empty row, a padded last chunk, the mask logit banned and a vocab limit."""
+  rng = np.random.default_rng(21)
+  b_, l_, d_, v_ = 4, 11, 8, 19
+  ids, seg = packed_batch(rng, b_, l_, vocab=v_ - 3)
+  seg[2] = 0
+  valid = seg > 0
+  masked = valid & ~np_segment_start(seg) & (rng.random((b_, l_)) < 0.6)
+  p = rng.uniform(0.1, 1.0, size=b_).astype(np.float32)
+  hidden = jnp.asarray(rng.normal(size=(b_, l_, d_)).astype(np.float32))
+  w = jnp.asarray(rng.normal(size=(d_, v_)).astype(np.float32))
+  cfg = DiffusionConfig(mask_token_id=v_ - 3, random_length_prob=0.0, ce_chunk_size=4, vocab_limit=v_ - 1,
+                        normalization=normalization, weighting=weighting)
+
+  @jax.jit
+  def run(h, ww):
+    res = []
+    for fused in (False, True):
+      fn = lambda a, b, fused=fused: dl.masked_diffusion_loss(a, b, ids, valid, masked, p, cfg, segment_ids=seg,
+                                                              fused=fused)
+      res.append(jax.value_and_grad(fn, argnums=(0, 1), has_aux=True)(h, ww))
+    return res
+
+  ((loss0, m0), g0), ((loss1, m1), g1) = run(hidden, w)
+  assert float(m0["num_masked"]) > 0
+  np.testing.assert_allclose(float(loss1), float(loss0), rtol=1e-6)
+  for k in m0:
+    np.testing.assert_allclose(float(m1[k]), float(m0[k]), rtol=1e-6, err_msg=k)
+  for a, b in zip(g1, g0):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-7)
 
 
 def test_normalizations_and_weighting_match_reference():

@@ -6,7 +6,6 @@
 - a non-finite loss stops the run naming the step and the last good checkpoint, and saves nothing after it.
 """
 
-import json
 import os
 import signal
 import subprocess
@@ -152,7 +151,6 @@ class _PoisonedTask(PretrainTask):
 
   def train_data(self, per_process_batch, shard_index, shard_count):
     inner = super().train_data(per_process_batch, shard_index, shard_count)
-    task = self
 
     class It:
       n = 0

@@ -8,7 +8,6 @@ activation memory. `data.phases` expresses the pair stage's three-phase curricul
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Callable
 
@@ -18,7 +17,6 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from pplx_jax import sharding as shd
 from pplx_jax.config import ConfigError
 from pplx_jax.models import pooling
 from pplx_jax.models.config import ModelConfig

@@ -8,10 +8,8 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 from flax import nnx
 
-from pplx_jax import sharding as shd
 from pplx_jax.config import ConfigError
 from pplx_jax.models.config import ModelConfig
 from pplx_jax.objectives import diffusion
