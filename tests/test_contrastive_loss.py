@@ -177,6 +177,24 @@ def _sharded(mesh_shape, arrays):
   return mesh, [jax.device_put(a, sharding.batch_sharding(mesh, RULES, a.ndim)) for a in arrays]
 
 
+def test_masked_all_zero_hard_negative_gives_finite_gradients():
+  """A padded hard negative with no tokens pools to an all-zero vector; masked out, it must not send NaN back to the
+  encoder (the norm's derivative at 0 would)."""
+  rng = np.random.default_rng(5)
+  q = rng.normal(size=(4, 8)).astype(np.float32)
+  d = rng.normal(size=(4, 8)).astype(np.float32)
+  h = rng.normal(size=(4, 2, 8)).astype(np.float32)
+  h[1, 1] = 0.0
+  valid = np.ones((4, 2), bool)
+  valid[1, 1] = False
+  loss, grads = jax.value_and_grad(
+      lambda q, d, h: contrastive.triplet_infonce(q, d, h, 0.05, hard_neg_mask=valid)[0], argnums=(0, 1, 2))(q, d, h)
+  assert np.isfinite(float(loss))
+  for g in grads:
+    assert np.all(np.isfinite(np.asarray(g)))
+  assert np.all(np.asarray(grads[2])[1, 1] == 0.0)
+
+
 def test_pair_infonce_sharded_equals_single_device(mesh_shape={"data": 8}):
   require_8_devices()
   q, d = pair_data()

@@ -57,13 +57,16 @@ def _int8_bwd(t, g):
 int8_ste.defvjp(_int8_fwd, _int8_bwd)
 
 
+def normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
+  """Unit rows in float32: x * rsqrt(max(|x|^2, eps^2)). Unlike x / max(|x|, eps), whose norm has a NaN gradient at
+  0, this is finite for all-zero rows (empty padded hard negatives or chunks), which get zero gradient."""
+  x = x.astype(jnp.float32)
+  return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), eps * eps))
+
+
 def cosine_similarity(a: jax.Array, b: jax.Array, eps: float = 1e-12) -> jax.Array:
   """[N, D] x [M, D] -> [N, M] in float32."""
-  a = a.astype(jnp.float32)
-  b = b.astype(jnp.float32)
-  a = a / jnp.maximum(jnp.linalg.norm(a, axis=-1, keepdims=True), eps)
-  b = b / jnp.maximum(jnp.linalg.norm(b, axis=-1, keepdims=True), eps)
-  return a @ b.T
+  return normalize(a, eps) @ normalize(b, eps).T
 
 
 # ---- numpy forms for storage / the embed command (exact codes, no gradients) ----

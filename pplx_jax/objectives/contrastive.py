@@ -18,7 +18,7 @@ batch. Hard negatives stay [N, K, D] indexed by their query, so no layout is inf
 bug of embedding.md §2.6 cannot happen: the label of query i is always column i of the query-document block).
 
 Memory: the [N, N] (and [N, N*K]) similarity blocks are the only O(N^2) tensors. At N = 65,536 one float32 block is
-65,536^2 x 4 B = 17.2 GB in total; `_sims` pins them row-sharded over the batch axes ("act_batch" -> data x fsdp), so
+65,536^2 x 4 B = 17.2 GB in total; `batch_similarities` pins them row-sharded over the batch axes ("act_batch" -> data x fsdp), so
 each device holds N/devices rows of each block (268 MB per device on 64 devices). Measured on 8 CPU devices at
 N = 4096, D = 64: pair loss + gradient (q-d and q-q blocks) needs 27 MB of temporaries per device, about 3.3 row
 blocks of 8.4 MB (one unsharded block would be 67 MB); the triplet loss with K = 3 (an extra [N, 3N] block) 65 MB.
@@ -39,20 +39,20 @@ from pplx_jax.sharding import constrain
 QUANTIZE = ("int8", "none")
 
 
-def _sims(a: jax.Array, b: jax.Array) -> jax.Array:
+def batch_similarities(a: jax.Array, b: jax.Array) -> jax.Array:
   """Cosine [Na, D] x [Nb, D] -> [Na, Nb] float32, rows sharded over the batch axes (each device: its queries x all
   candidates)."""
   return constrain(cosine_similarity(a, b), ("act_batch", None))
 
 
-def _margin_mask(s: jax.Array, pos: jax.Array, margin: float | None) -> jax.Array:
+def margin_mask(s: jax.Array, pos: jax.Array, margin: float | None) -> jax.Array:
   """m_i(x) = 1[s(q_i,x) <= s(q_i,d_i) + margin] under stop_gradient; all True when margin is None."""
   if margin is None:
     return jnp.ones(s.shape, bool)
   return jax.lax.stop_gradient(s) <= jax.lax.stop_gradient(pos)[:, None] + margin
 
 
-def _masked_logsumexp(blocks: Sequence[tuple[jax.Array, jax.Array]]) -> jax.Array:
+def masked_logsumexp(blocks: Sequence[tuple[jax.Array, jax.Array]]) -> jax.Array:
   """log sum over all blocks of exp(logits) where valid, per row. Every row must have one valid entry (the positive).
 
   Invalid entries become -inf *before* the exp (so neither the value nor the gradient can overflow or give NaN: a
@@ -64,14 +64,14 @@ def _masked_logsumexp(blocks: Sequence[tuple[jax.Array, jax.Array]]) -> jax.Arra
   return m + jnp.log(total)
 
 
-def _diag(s: jax.Array) -> tuple[jax.Array, jax.Array]:
+def diagonal(s: jax.Array) -> tuple[jax.Array, jax.Array]:
   """(diagonal [N], identity mask [N, N]) of a row-sharded [N, N] block; the diagonal is a row reduction, so it
   stays sharded like the rows."""
   eye = jax.lax.broadcasted_iota(jnp.int32, s.shape, 0) == jax.lax.broadcasted_iota(jnp.int32, s.shape, 1)
   return jnp.sum(jnp.where(eye, s, 0.0), axis=-1), eye
 
 
-def _mean_where(x: jax.Array, where: jax.Array) -> jax.Array:
+def mean_where(x: jax.Array, where: jax.Array) -> jax.Array:
   w = where.astype(jnp.float32)
   return jnp.sum(x * w) / jnp.maximum(jnp.sum(w), 1.0)
 
@@ -84,28 +84,28 @@ def pair_infonce(q: jax.Array, d: jax.Array, temperature: float | jax.Array, mar
   Returns (loss, metrics): accuracy (the positive scores strictly above every other in-batch document), pos_sim,
   neg_sim (mean over in-batch document negatives), masked_frac (negatives dropped by the margin mask).
   """
-  s_qd = _sims(q, d)
-  pos, eye = _diag(s_qd)
+  s_qd = batch_similarities(q, d)
+  pos, eye = diagonal(s_qd)
   off = ~eye
   inv_t = 1.0 / jnp.asarray(temperature, jnp.float32)
-  keep_d = _margin_mask(s_qd, pos, margin) & off
+  keep_d = margin_mask(s_qd, pos, margin) & off
   blocks = [(s_qd * inv_t, keep_d | eye)]
   n_neg = jnp.sum(off.astype(jnp.float32))
   n_drop = jnp.sum((off & ~keep_d).astype(jnp.float32))
   if use_qq:
-    s_qq = _sims(q, q)
-    keep_q = _margin_mask(s_qq, pos, margin) & off
+    s_qq = batch_similarities(q, q)
+    keep_q = margin_mask(s_qq, pos, margin) & off
     blocks.append((s_qq * inv_t, keep_q))
     n_neg = 2.0 * n_neg
     n_drop = n_drop + jnp.sum((off & ~keep_q).astype(jnp.float32))
-  loss = jnp.mean(_masked_logsumexp(blocks) - pos * inv_t)
+  loss = jnp.mean(masked_logsumexp(blocks) - pos * inv_t)
   s_sg = jax.lax.stop_gradient(s_qd)
   pos_sg = jax.lax.stop_gradient(pos)
   best_other = jnp.max(jnp.where(off, s_sg, -jnp.inf), axis=-1)
   metrics = {
       "accuracy": jnp.mean((pos_sg > best_other).astype(jnp.float32)),
       "pos_sim": jnp.mean(pos_sg),
-      "neg_sim": _mean_where(s_sg, off),
+      "neg_sim": mean_where(s_sg, off),
       "masked_frac": n_drop / jnp.maximum(n_neg, 1.0),
   }
   return loss, metrics
@@ -127,24 +127,24 @@ def triplet_infonce(q: jax.Array, d: jax.Array, hard_negs: jax.Array, temperatur
   if hard_neg_mask is None:
     hard_neg_mask = jnp.ones((n, k), bool)
   hard_neg_mask = hard_neg_mask.astype(bool)
-  s_qd = _sims(q, d)
-  pos, eye = _diag(s_qd)
+  s_qd = batch_similarities(q, d)
+  pos, eye = diagonal(s_qd)
   off = ~eye
-  s_qh = _sims(q, constrain(hard_negs.reshape(n * k, dim), ("act_batch", None)))  # [N, N*K], column j*K + k
+  s_qh = batch_similarities(q, constrain(hard_negs.reshape(n * k, dim), ("act_batch", None)))  # [N, N*K], column j*K + k
   real_h = jnp.broadcast_to(hard_neg_mask.reshape(1, n * k), s_qh.shape)
   inv_t = 1.0 / jnp.asarray(temperature, jnp.float32)
-  keep_d = _margin_mask(s_qd, pos, margin) & off
-  keep_h = _margin_mask(s_qh, pos, margin) & real_h
+  keep_d = margin_mask(s_qd, pos, margin) & off
+  keep_h = margin_mask(s_qh, pos, margin) & real_h
   blocks = [(s_qd * inv_t, keep_d | eye), (s_qh * inv_t, keep_h)]
   n_neg = jnp.sum(off.astype(jnp.float32)) + jnp.sum(real_h.astype(jnp.float32))
   n_drop = jnp.sum((off & ~keep_d).astype(jnp.float32)) + jnp.sum((real_h & ~keep_h).astype(jnp.float32))
   if use_qq:
-    s_qq = _sims(q, q)
-    keep_q = _margin_mask(s_qq, pos, margin) & off
+    s_qq = batch_similarities(q, q)
+    keep_q = margin_mask(s_qq, pos, margin) & off
     blocks.append((s_qq * inv_t, keep_q))
     n_neg = n_neg + jnp.sum(off.astype(jnp.float32))
     n_drop = n_drop + jnp.sum((off & ~keep_q).astype(jnp.float32))
-  loss = jnp.mean(_masked_logsumexp(blocks) - pos * inv_t)
+  loss = jnp.mean(masked_logsumexp(blocks) - pos * inv_t)
 
   s_sg, h_sg, pos_sg = (jax.lax.stop_gradient(x) for x in (s_qd, s_qh, pos))
   own = (jax.lax.broadcasted_iota(jnp.int32, s_qh.shape, 1) // k
@@ -156,8 +156,8 @@ def triplet_infonce(q: jax.Array, d: jax.Array, hard_negs: jax.Array, temperatur
       "accuracy": jnp.mean(((pos_sg > best_doc) & (pos_sg > best_hard)).astype(jnp.float32)),
       "hard_accuracy": jnp.mean((pos_sg > best_own).astype(jnp.float32)),
       "pos_sim": jnp.mean(pos_sg),
-      "neg_sim": _mean_where(s_sg, off),
-      "hard_neg_sim": _mean_where(h_sg, own),
+      "neg_sim": mean_where(s_sg, off),
+      "hard_neg_sim": mean_where(h_sg, own),
       "masked_frac": n_drop / jnp.maximum(n_neg, 1.0),
   }
   return loss, metrics
