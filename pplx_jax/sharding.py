@@ -157,9 +157,10 @@ def validate_param_sharding(abstract_state, mesh_shape: Mapping[str, int], rules
 
 
 def validate_layout(model_cfg, mesh_shape: Mapping[str, int], rules: Sequence[tuple[str, Any]],
-                    global_batch: int | None = None, num_devices: int | None = None) -> None:
+                    global_batch: int | None = None, num_devices: int | None = None, batch_chunks: int = 1) -> None:
   """Cheap, shape-only checks that run before anything compiles. A -1 axis is resolved against `num_devices`
-  (default: all devices)."""
+  (default: all devices). batch_chunks: GradCache chunks, each of global_batch / batch_chunks rows spread over all
+  batch shards (objectives/gradcache.py), so the rows of one chunk must divide too."""
   if any(int(v) == -1 for v in mesh_shape.values()):
     mesh_shape = resolve_mesh_shape(mesh_shape, num_devices if num_devices is not None else jax.device_count())
   table = dict(rules)
@@ -184,6 +185,10 @@ def validate_layout(model_cfg, mesh_shape: Mapping[str, int], rules: Sequence[tu
       problems.append(f"global batch {global_batch} is smaller than the {n} batch shards of mesh axes {axes}")
     elif global_batch % n:
       problems.append(f"global batch {global_batch} is not divisible by the batch mesh axes {axes} of size {n}")
+    elif batch_chunks > 1 and (global_batch % batch_chunks or (global_batch // batch_chunks) % n):
+      problems.append(f"global batch {global_batch} in {batch_chunks} GradCache chunks gives "
+                      f"{global_batch / batch_chunks:g} rows per chunk, which must be a whole multiple of the {n} "
+                      f"batch shards of mesh axes {axes} (every chunk is spread over all of them)")
   if problems:
     raise ValueError("config cannot run on this mesh " + str(dict(mesh_shape)) + ":\n  " + "\n  ".join(problems))
 

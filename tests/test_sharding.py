@@ -171,6 +171,13 @@ def test_mesh_shape_errors_name_the_numbers():
   assert sharding.resolve_mesh_shape({"data": 1, "fsdp": -1, "tensor": 2}, 8) == {"data": 1, "fsdp": 4, "tensor": 2}
 
 
+def test_validate_layout_gradcache_chunks_must_split_over_the_batch_shards():
+  shape = {"data": 2, "fsdp": 4, "tensor": 1}
+  sharding.validate_layout(CFG, shape, RULES, global_batch=64, batch_chunks=8)  # 8 rows per chunk on 8 shards
+  with pytest.raises(ValueError, match=r"64 in 16 GradCache chunks gives 4 rows per chunk.*8 batch shards"):
+    sharding.validate_layout(CFG, shape, RULES, global_batch=64, batch_chunks=16)
+
+
 def test_validate_layout_with_an_unresolved_fill_axis():
   with pytest.raises(ValueError, match=r"model\.hidden_size=62 is not divisible by mesh axes \(.fsdp.,\) of size 4"):
     sharding.validate_layout(CFG.replace(hidden_size=62), {"fsdp": -1, "tensor": 2}, RULES, global_batch=8)

@@ -84,7 +84,8 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: int | None = None) -> 
   mesh_shape = shd.resolve_mesh_shape(cfg.mesh, num_devices)
   rules = shd.rules_from_config(cfg.sharding.rules or None)
   gb = int(cfg.train.global_batch)
-  shd.validate_layout(model_cfg, mesh_shape, rules, global_batch=gb)
+  chunks = int(cfg.get("objective", {}).get("gradcache_chunks", 1) or 1)
+  shd.validate_layout(model_cfg, mesh_shape, rules, global_batch=gb, batch_chunks=chunks)
   if gb % jax.process_count():
     raise config_lib.ConfigError(f"train.global_batch={gb} is not divisible by the {jax.process_count()} processes")
   if int(cfg.train.steps) <= 0:
