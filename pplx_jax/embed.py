@@ -149,16 +149,23 @@ def finalize(emb: np.ndarray, dtype: str = "float32", dim: int | None = None) ->
 def add_args(p) -> None:
   p.add_argument("--model", required=True, help="pplx-jax workdir / checkpoint step, or a Hugging Face / "
                  "sentence-transformers folder")
-  p.add_argument("--input", required=True, help=".txt (one text a line) or .jsonl (field `text`)")
+  p.add_argument("--input", required=True, help=".txt (one text a line) or .jsonl (field `text`); with "
+                 "--contextual a .jsonl of documents {\"doc_id\": ..., \"chunks\": [...]}")
   p.add_argument("--output", required=True, help="output .npy")
   p.add_argument("--dtype", default="float32", choices=("float32", "int8", "binary"))
   p.add_argument("--dim", type=int, default=None, help="keep the first N dimensions (Matryoshka) before quantising")
   p.add_argument("--batch-size", type=int, default=32)
   p.add_argument("--max-length", type=int, default=512)
   p.add_argument("--compute-dtype", default="float32", choices=("float32", "bfloat16"))
+  p.add_argument("--contextual", action="store_true",
+                 help="late chunking (pplx-embed-context): one row per chunk, each chunk embedded in one pass over "
+                      "its document (windows of --max-length tokens for longer documents)")
 
 
 def run(args) -> int:
+  if getattr(args, "contextual", False):
+    from pplx_jax import embed_contextual
+    return embed_contextual.run(args)
   texts = read_texts(args.input)
   if args.dim is not None and args.dim <= 0:
     raise InputError(f"--dim must be positive, got {args.dim}")

@@ -310,6 +310,9 @@ def add_prepare_args(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--skip-bad-records", action="store_true",
                       help="skip and count bad records instead of stopping at the first one")
   parser.add_argument("--field", default="text", help="JSON field / parquet column holding the text")
+  parser.add_argument("--contextual", action="store_true",
+                      help="contextual documents {doc_id, chunks, queries: [{text, chunk}]} from .jsonl/.parquet "
+                           "(--input), or the WordNet contextual set (--wordnet); see pplx_jax.data.contextual")
   parser.add_argument("--limit", type=int, default=None, help=argparse.SUPPRESS)  # WordNet subset for tests
 
 
@@ -318,7 +321,18 @@ def run_prepare(args: argparse.Namespace) -> int:
 
   t0 = time.perf_counter()
   try:
-    if args.wordnet:
+    if getattr(args, "contextual", False):
+      from pplx_jax.data import contextual
+      if args.wordnet:
+        path = contextual.prepare_wordnet_contextual(
+            args.out, name=args.name or "wordnet_contextual", seed=args.seed, limit=args.limit,
+            validation_fraction=0.05 if args.validation_fraction is None else args.validation_fraction)
+      else:
+        path = contextual.prepare_contextual(
+            args.input, args.out, name=args.name or "contextual", seed=args.seed,
+            validation_fraction=0.01 if args.validation_fraction is None else args.validation_fraction,
+            on_error="skip" if args.skip_bad_records else "raise")
+    elif args.wordnet:
       path = prepare_wordnet(args.out, name=args.name or "wordnet", seed=args.seed, limit=args.limit,
                              validation_fraction=0.05 if args.validation_fraction is None else args.validation_fraction)
     else:

@@ -449,6 +449,10 @@ def add_eval_args(p: argparse.ArgumentParser) -> None:
   p.add_argument("--max-length", type=int, default=512)
   p.add_argument("--compute-dtype", default="float32", choices=("float32", "bfloat16"))
   p.add_argument("--json", default=None, help="also write the results (and the setup) to this JSON file")
+  p.add_argument("--contextual", action="store_true",
+                 help="ConTEB protocol on contextual documents (--data: 'wordnet' = the WordNet contextual set, a "
+                      "dataset prepared with pplx_jax.data.contextual, or a .jsonl/.parquet of {doc_id, chunks, "
+                      "queries}): every query against every chunk, late chunking vs each chunk alone, side by side")
 
 
 def load_eval_set(data: str, split: str = "validation", *, max_queries: int | None = None,
@@ -463,7 +467,44 @@ def load_eval_set(data: str, split: str = "validation", *, max_queries: int | No
   return pairs.pairs_retrieval_set(data, split, max_queries, max_docs=max_docs, sample_seed=sample_seed)
 
 
+def run_contextual_eval(args: argparse.Namespace) -> int:
+  """`pplx-jax eval --contextual`: contextual (late chunking) vs non-contextual nDCG@10 of one model."""
+  from pplx_jax.data import contextual as data
+  from pplx_jax.eval import contextual
+
+  t0 = time.perf_counter()
+  try:
+    dims = _normalise_dims(args.dims)
+    kw = dict(max_docs=args.max_docs, max_queries=args.max_queries, sample_seed=args.sample_seed)
+    if args.data == "wordnet":
+      kw.update(validation_fraction=args.validation_fraction, seed=args.seed)
+    queries, docs, qrels = data.load_retrieval_set(args.data, args.split, **kw)
+    t1 = time.perf_counter()
+    results = contextual.evaluate_model(args.model, queries, docs, qrels, args.dtypes, dims, args.ks,
+                                        batch_size=args.batch_size, max_length=args.max_length,
+                                        compute_dtype=args.compute_dtype)
+  except ValueError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  t2 = time.perf_counter()
+  chunks = sum(len(d) for d in docs)
+  print(f"{args.model} on {args.data} ({args.split}, contextual): {len(queries)} queries, {len(docs)} documents, "
+        f"{chunks} chunks (data {t1 - t0:.1f} s, embedding + scoring {t2 - t1:.1f} s)\n")
+  print(contextual.format_table(results))
+  if args.json:
+    report = {"model": str(args.model), "data": str(args.data), "split": args.split, "contextual": True,
+              "num_queries": len(queries), "num_docs": len(docs), "num_chunks": chunks, "dtypes": list(args.dtypes),
+              "dims": [_dim_label(d) for d in dims], "ks": list(args.ks), "max_queries": args.max_queries,
+              "max_docs": args.max_docs, "sample_seed": args.sample_seed, "seconds": round(t2 - t0, 3),
+              "metrics": results}
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+  return 0
+
+
 def run_eval(args: argparse.Namespace) -> int:
+  if getattr(args, "contextual", False):
+    return run_contextual_eval(args)
   t0 = time.perf_counter()
   try:
     dims = _normalise_dims(args.dims)

@@ -16,7 +16,10 @@ def task_factory(stage: str):
   if stage == "contrastive":
     from pplx_jax.train.contrastive import ContrastiveTask
     return ContrastiveTask
-  raise ConfigError(f"config.stage={stage!r} is not a known stage (known: 'pretrain', 'contrastive')")
+  if stage == "contextual":
+    from pplx_jax.train.contextual import ContextualTask
+    return ContextualTask
+  raise ConfigError(f"config.stage={stage!r} is not a known stage (known: 'pretrain', 'contrastive', 'contextual')")
 
 
 def run_stage(cfg: ml_collections.ConfigDict, workdir: str | Path, stop_after: int | None = None, devices=None):

@@ -1,0 +1,183 @@
+"""`pplx-jax embed --contextual`: documents (lists of chunks) -> one late-chunked embedding per chunk (paper §5).
+
+Input: one document a line, ``{"doc_id": ..., "chunks": ["...", ...]}`` (other fields ignored). Output: one row per
+chunk, documents in input order and chunks in order within each, quantised like the plain ``embed``
+(`pooling.quantize_np`). Each chunk is tokenized alone (the tokenizer's default encoding, as ``embed`` does), the
+chunks are joined with the separator (`separator_id`: ``<|endoftext|>``, as the released contextual model), and
+documents longer than ``--max-length`` are encoded in overlapping windows (`late_chunking.plan_windows`).
+
+Batching: documents are sorted by length and packed greedily into batches of about ``batch_size`` windows, padded
+to a power-of-two length and a power-of-two span count (few compiled shapes), with the rows sharded over all local
+devices.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Callable, Sequence
+
+import jax
+import numpy as np
+from flax import nnx
+
+from pplx_jax import checkpoint as ckpt
+from pplx_jax import late_chunking as lc
+from pplx_jax import sharding as shd
+from pplx_jax.embed import InputError, bucket_length, finalize
+
+ENDOFTEXT = "<|endoftext|>"
+
+# (ids, mask, span_ids, num_spans) -> [R, num_spans, D] float32 span means
+SpanRun = Callable[[np.ndarray, np.ndarray, np.ndarray, int], np.ndarray]
+
+
+def separator_id(tokenizer) -> int:
+  """The chunk separator: <|endoftext|> (id 151643 in Qwen3 vocabularies), else the eos, else the pad token."""
+  for candidate in (tokenizer.token_to_id(ENDOFTEXT), tokenizer.eos_id, tokenizer.pad_id):
+    if candidate is not None:
+      return int(candidate)
+  raise InputError("the tokenizer has no <|endoftext|>, eos or pad token to separate chunks with")
+
+
+def read_documents(path: str | os.PathLike) -> list[list[str]]:
+  """`.jsonl`, one ``{"chunks": [str, ...]}`` object a line -> the chunk lists. Errors name the file and line."""
+  path = Path(path)
+  if not path.is_file():
+    raise InputError(f"{path}: no such file")
+  docs = []
+  with open(path, "rb") as f:
+    for lineno, raw in enumerate(f, 1):
+      where = f"{path}:{lineno}"
+      try:
+        line = raw.decode("utf-8")
+      except UnicodeDecodeError as e:
+        raise InputError(f"{where}: invalid UTF-8 ({e.reason} at byte {e.start})") from None
+      if not line.strip():
+        raise InputError(f"{where}: empty line")
+      try:
+        obj = json.loads(line)
+      except json.JSONDecodeError as e:
+        raise InputError(f"{where}: invalid JSON ({e.msg}, column {e.colno})") from None
+      if not isinstance(obj, dict) or "chunks" not in obj:
+        raise InputError(f"{where}: missing field 'chunks'")
+      chunks = obj["chunks"]
+      if not isinstance(chunks, list) or not chunks:
+        raise InputError(f"{where}: field 'chunks' must be a non-empty list of strings")
+      for k, c in enumerate(chunks):
+        if not isinstance(c, str):
+          raise InputError(f"{where}: chunks[{k}] is {type(c).__name__}, expected a string")
+        if not c.strip():
+          raise InputError(f"{where}: chunks[{k}] is empty")
+      docs.append(chunks)
+  if not docs:
+    raise InputError(f"{path}: no documents")
+  return docs
+
+
+def _pow2(n: int) -> int:
+  return 1 << max(0, (n - 1).bit_length())
+
+
+def embed_document_ids(run: SpanRun, docs: Sequence[Sequence[Sequence[int]]], sep_id: int, pad_id: int,
+                       batch_size: int, max_length: int, multiple: int = 1, stride: int | None = None) -> np.ndarray:
+  """Float32 late-chunked embeddings of tokenized documents -> [total chunks, D], documents then chunks in order."""
+  if not docs:
+    raise InputError("no documents")
+  lengths = [sum(len(c) for c in d) + len(d) - 1 for d in docs]
+  for i, d in enumerate(docs):
+    for k, c in enumerate(d):
+      if not len(c):
+        raise InputError(f"document {i}: chunk {k} has no tokens")
+  windows = [len(lc.plan_windows(d, sep_id, max_length, stride).windows) for d in docs]
+  rows = max(multiple, -(-batch_size // multiple) * multiple)
+  offsets = np.cumsum([0] + [len(d) for d in docs])
+  out: np.ndarray | None = None
+  order = sorted(range(len(docs)), key=lambda i: lengths[i])
+  start = 0
+  while start < len(order):
+    group, used = [], 0
+    while start < len(order) and (not group or used + windows[order[start]] <= rows):
+      group.append(order[start])
+      used += windows[order[start]]
+      start += 1
+    width = bucket_length(min(max(lengths[i] for i in group), max_length), max_length)
+    batch = lc.batch_documents([docs[i] for i in group], sep_id, max_length, pad_id, stride, rows_multiple=rows,
+                               length=width)
+    spans = run(batch["input_ids"], batch["attention_mask"], batch["span_ids"], _pow2(batch["num_spans"]))
+    emb = lc.gather_chunks(spans, batch)
+    if out is None:
+      out = np.zeros((int(offsets[-1]), emb.shape[-1]), np.float32)
+    for j, i in enumerate(group):
+      out[offsets[i]:offsets[i + 1]] = emb[batch["doc_offsets"][j]:batch["doc_offsets"][j + 1]]
+  return out
+
+
+@jax.jit(static_argnums=(0, 5))
+def _span_embeddings(graphdef, state, ids, mask, spans, num_spans):
+  return lc.late_chunk_embed(nnx.merge(graphdef, state), ids, mask, spans, num_spans)
+
+
+def make_span_fn(model, mesh: jax.sharding.Mesh | None = None, rules=None) -> SpanRun:
+  """(ids, mask, span_ids, num_spans) numpy -> [R, num_spans, D] float32; rows sharded over `mesh` when given (else
+  the caller's active mesh, as in training-time evaluation)."""
+  graphdef, state = nnx.split(model)
+
+  def run(ids, mask, spans, num_spans):
+    if mesh is None:
+      out = _span_embeddings(graphdef, state, ids, mask, spans, num_spans)
+    else:
+      sh = shd.batch_sharding(mesh, rules, 2)
+      with shd.activate(mesh, rules):
+        out = _span_embeddings(graphdef, state, *(jax.device_put(x, sh) for x in (ids, mask, spans)), num_spans)
+    return np.asarray(jax.device_get(out))
+
+  return run
+
+
+def embed_documents_with_model(model, tokenizer, docs: Sequence[Sequence[str]], batch_size: int = 32,
+                               max_length: int = 512, mesh=None, rules=None, multiple: int = 1) -> np.ndarray:
+  """Late-chunked float32 chunk embeddings of `docs` with an in-memory model -> [total chunks, D]."""
+  ids = [tokenizer.encode_batch(list(d)) for d in docs]
+  return embed_document_ids(make_span_fn(model, mesh, rules), ids, separator_id(tokenizer), tokenizer.pad_id,
+                            batch_size, max_length, multiple)
+
+
+def load(model_path: str, compute_dtype: str = "float32"):
+  """(model, config, tokenizer, mesh, rules) with the mesh over the local devices, as `embed.embed_texts` loads."""
+  from pplx_jax.tokenizers import load_tokenizer
+
+  mesh = shd.make_mesh({"data": -1, "fsdp": 1, "tensor": 1}, jax.local_devices())
+  rules = shd.DEFAULT_RULES
+  model, cfg, tok_dir = ckpt.load_model(model_path, mesh=mesh, rules=rules, compute_dtype=compute_dtype,
+                                        remat="none")
+  if tok_dir is None:
+    raise InputError(f"{model_path}: no tokenizer files found beside the model")
+  return model, cfg, load_tokenizer(tok_dir), mesh, rules
+
+
+def embed_documents(model_path: str, docs: Sequence[Sequence[str]], *, batch_size: int = 32, max_length: int = 512,
+                    compute_dtype: str = "float32") -> np.ndarray:
+  """Late-chunked float32 chunk embeddings with the model at `model_path` -> [total chunks, D]."""
+  model, cfg, tok, mesh, rules = load(model_path, compute_dtype)
+  ids = [tok.encode_batch(list(d)) for d in docs]
+  top = max((max(c) for d in ids for c in d if c), default=0)
+  if top >= cfg.vocab_size:
+    raise InputError(f"a chunk has token id {top} >= model vocab_size {cfg.vocab_size}")
+  return embed_document_ids(make_span_fn(model, mesh, rules), ids, separator_id(tok), tok.pad_id, batch_size,
+                            max_length, multiple=mesh.size)
+
+
+def run(args) -> int:
+  docs = read_documents(args.input)
+  if args.dim is not None and args.dim <= 0:
+    raise InputError(f"--dim must be positive, got {args.dim}")
+  emb = embed_documents(args.model, docs, batch_size=args.batch_size, max_length=args.max_length,
+                        compute_dtype=args.compute_dtype)
+  out = finalize(emb, args.dtype, args.dim)
+  Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+  np.save(args.output, out)
+  print(f"wrote {args.output}: {out.shape[0]} chunk rows of {len(docs)} documents x {out.shape[1]} "
+        f"({out.dtype}, {args.dtype}, late chunking)")
+  return 0
