@@ -12,7 +12,7 @@ def get_config():
   cfg.data.query_len = 24
   cfg.data.doc_len = 48
   cfg.data.num_negatives = 3
-  cfg.objective.temperature = 0.05
+  cfg.objective.temperature = 0.3  # as the tiny pair stage (0.05 collapses the tiny encoder; see tiny.py)
   cfg.objective.margin = -1.0  # the paper does not say the false-negative mask applies here
   cfg.objective.use_qq = False
   cfg.optimizer.lr = 5e-4
