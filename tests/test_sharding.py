@@ -257,3 +257,27 @@ def test_host_local_to_global():
     for shard in out[k].addressable_shards:  # 4 batch shards of 2 rows, each held by the 2 tensor devices
       assert shard.data.shape[0] == 2
       np.testing.assert_array_equal(np.asarray(shard.data), local[k][shard.index])
+
+
+def test_optimizer_state_is_sharded_like_the_parameters():
+  """AdamW's moments must follow their parameters' FSDP sharding (a plain jit(tx.init) replicates them: two full
+  float32 model copies per device)."""
+  require_8_devices()
+  from pplx_jax.train import optimizer
+  mesh = sharding.make_mesh({"data": 1, "fsdp": 8, "tensor": 1})
+  with sharding.activate(mesh, RULES):
+    params = qwen3.params_of(qwen3.create_model(CFG))
+  tx, _ = optimizer.make_optimizer(optimizer.default_config(), 100)
+  state = optimizer.init_sharded(tx, params)
+  by_path = {optimizer._dict_path(k): v for k, v in jax.tree_util.tree_flatten_with_path(params)[0]}
+  matched = 0
+  for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]:
+    p = by_path.get(optimizer._dict_path(path))
+    if p is not None and p.shape == leaf.shape:
+      assert leaf.sharding.is_equivalent_to(p.sharding, leaf.ndim), path
+      matched += 1
+    else:
+      assert leaf.ndim == 0 and leaf.sharding.is_fully_replicated, path
+  assert matched == 2 * len(by_path)  # mu and nu of every parameter
+  emb = params["embed_tokens"]
+  assert not emb.sharding.is_fully_replicated  # the test means something: FSDP does shard this parameter

@@ -102,7 +102,9 @@ def same_document(doc_hash: jax.Array) -> jax.Array:
 
 
 def _eye(n: int) -> jax.Array:
-  return jax.lax.broadcasted_iota(jnp.int32, (n, n), 0) == jax.lax.broadcasted_iota(jnp.int32, (n, n), 1)
+  """Row-sharded identity mask (unpinned, XLA may build it whole on every device: see contrastive.diagonal)."""
+  eye = jax.lax.broadcasted_iota(jnp.int32, (n, n), 0) == jax.lax.broadcasted_iota(jnp.int32, (n, n), 1)
+  return constrain(eye, ROWS)
 
 
 def _inv_t(temperature) -> jax.Array:

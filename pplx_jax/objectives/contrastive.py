@@ -66,8 +66,11 @@ def masked_logsumexp(blocks: Sequence[tuple[jax.Array, jax.Array]]) -> jax.Array
 
 def diagonal(s: jax.Array) -> tuple[jax.Array, jax.Array]:
   """(diagonal [N], identity mask [N, N]) of a row-sharded [N, N] block; the diagonal is a row reduction, so it
-  stays sharded like the rows."""
+  stays sharded like the rows. The mask is pinned row-sharded too: left to propagation, reductions over it (the
+  negative counts) made XLA build it unsharded, a full [N, N] float32 on every device (16 GiB at N = 65,536;
+  benchmarks/contrastive_scale.py)."""
   eye = jax.lax.broadcasted_iota(jnp.int32, s.shape, 0) == jax.lax.broadcasted_iota(jnp.int32, s.shape, 1)
+  eye = constrain(eye, ("act_batch", None))
   return jnp.sum(jnp.where(eye, s, 0.0), axis=-1), eye
 
 

@@ -32,7 +32,7 @@ from pplx_jax.models import qwen3
 from pplx_jax.models.config import ModelConfig
 from pplx_jax.train import flops as flops_lib
 from pplx_jax.train.metrics import MetricsWriter, Progress
-from pplx_jax.train.optimizer import global_norm, make_optimizer
+from pplx_jax.train.optimizer import global_norm, init_sharded, make_optimizer
 
 ARCHITECTURE_FIELDS = ("vocab_size", "hidden_size", "num_layers", "num_heads", "num_kv_heads", "head_dim", "mlp_dim",
                        "rope_theta", "rms_norm_eps", "tie_embeddings")
@@ -144,7 +144,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str | Path, task_factory: Cal
     params = nnx.to_pure_dict(state)
     del model, state
     tx, schedule = make_optimizer(cfg.optimizer, total_steps)
-    opt_state = jax.jit(tx.init)(params)
+    opt_state = init_sharded(tx, params)
     param_sh = jax.tree.map(lambda x: x.sharding, params)
     opt_sh = jax.tree.map(lambda x: x.sharding, opt_state)
 
