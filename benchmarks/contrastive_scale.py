@@ -39,7 +39,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import statistics
 import sys
 import time
@@ -126,6 +125,7 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 from flax import nnx  # noqa: E402
 
+from machine import describe_machine, load_average  # noqa: E402  (benchmarks/machine.py)
 from pplx_jax import sharding  # noqa: E402
 from pplx_jax.models import qwen3  # noqa: E402
 from pplx_jax.models.config import ModelConfig  # noqa: E402
@@ -139,23 +139,6 @@ TEMPERATURE, MARGIN = 0.02, 0.1  # contrastive.default_objective_config()
 
 # ----------------------------------------------------------------------------------------------------------------
 # Helpers
-
-
-def describe_machine() -> str:
-  model = ""
-  try:
-    with open("/proc/cpuinfo") as f:
-      model = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "")
-  except OSError:
-    pass
-  return f"{jax.default_backend()}: {model or platform.processor()} x{os.cpu_count()} cores"
-
-
-def load_average() -> str:
-  try:
-    return " ".join(f"{x:.1f}" for x in os.getloadavg())
-  except OSError:
-    return "n/a"
 
 
 def model_config(name: str, dtype: str, remat: str, layers: int | None) -> ModelConfig:

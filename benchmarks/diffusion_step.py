@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -148,6 +147,7 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 from flax import nnx  # noqa: E402
 
+from machine import describe_machine, load_average  # noqa: E402  (benchmarks/machine.py)
 from pplx_jax.models import attention as attn_lib  # noqa: E402
 from pplx_jax.models import qwen3  # noqa: E402
 from pplx_jax.models.config import ModelConfig  # noqa: E402
@@ -543,26 +543,6 @@ def round_robin(runners: dict, steps: int, warmup: int) -> dict:
   return {k: dict(median_s=statistics.median(v), min_s=min(v), times_s=v, cpu_s=cpu[k],
                   cpu_min_s=min(cpu[k]), cpu_median_s=statistics.median(cpu[k]), losses=losses[k])
           for k, v in times.items()}
-
-
-def describe_machine() -> str:
-  dev = jax.devices()[0]
-  if jax.default_backend() == "cpu":
-    model = ""
-    try:
-      with open("/proc/cpuinfo") as f:
-        model = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "")
-    except OSError:
-      pass
-    return f"CPU {model or platform.processor()} x{os.cpu_count()} cores"
-  return f"{dev.device_kind} ({jax.default_backend()})"
-
-
-def load_average() -> str:
-  try:
-    return " ".join(f"{x:.1f}" for x in os.getloadavg())
-  except OSError:
-    return "n/a"
 
 
 # ----------------------------------------------------------------------------------------------------------------
