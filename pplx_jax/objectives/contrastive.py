@@ -134,7 +134,8 @@ def triplet_infonce(q: jax.Array, d: jax.Array, hard_negs: jax.Array, temperatur
   pos, eye = diagonal(s_qd)
   off = ~eye
   s_qh = batch_similarities(q, constrain(hard_negs.reshape(n * k, dim), ("act_batch", None)))  # [N, N*K], column j*K + k
-  real_h = jnp.broadcast_to(hard_neg_mask.reshape(1, n * k), s_qh.shape)
+  # masks pinned row-sharded like the block (see `diagonal`: left to propagation they may come out whole)
+  real_h = constrain(jnp.broadcast_to(hard_neg_mask.reshape(1, n * k), s_qh.shape), ("act_batch", None))
   inv_t = 1.0 / jnp.asarray(temperature, jnp.float32)
   keep_d = margin_mask(s_qd, pos, margin) & off
   keep_h = margin_mask(s_qh, pos, margin) & real_h
@@ -150,8 +151,8 @@ def triplet_infonce(q: jax.Array, d: jax.Array, hard_negs: jax.Array, temperatur
   loss = jnp.mean(masked_logsumexp(blocks) - pos * inv_t)
 
   s_sg, h_sg, pos_sg = (jax.lax.stop_gradient(x) for x in (s_qd, s_qh, pos))
-  own = (jax.lax.broadcasted_iota(jnp.int32, s_qh.shape, 1) // k
-         == jax.lax.broadcasted_iota(jnp.int32, s_qh.shape, 0)) & real_h
+  own = constrain((jax.lax.broadcasted_iota(jnp.int32, s_qh.shape, 1) // k
+                   == jax.lax.broadcasted_iota(jnp.int32, s_qh.shape, 0)), ("act_batch", None)) & real_h
   best_doc = jnp.max(jnp.where(off, s_sg, -jnp.inf), axis=-1)
   best_hard = jnp.max(jnp.where(real_h, h_sg, -jnp.inf), axis=-1)
   best_own = jnp.max(jnp.where(own, h_sg, -jnp.inf), axis=-1)
