@@ -67,11 +67,12 @@ def text_split(text: str, validation_fraction: float, seed: int = 0) -> str:
 # The TFDS builder
 
 
-def _builder_class(name: str):
-  """A GeneratorBasedBuilder subclass called `name` (not registered: any number may coexist)."""
+def builder_class(name: str, features: dict):
+  """A GeneratorBasedBuilder subclass called `name` with these TFDS features (not registered: any number may
+  coexist). Every prepared dataset (text, pairs, triplets, contextual documents) is built by one of these."""
   import tensorflow_datasets as tfds
 
-  class _TextBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+  class _Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     VERSION = tfds.core.Version(VERSION)
 
     def __init__(self, *, examples: Callable[[str], Iterator[tuple[str, dict]]], splits: Sequence[str],
@@ -87,11 +88,7 @@ def _builder_class(name: str):
       return tfds.core.DatasetInfo(
           builder=self,
           description=self._description,
-          features=tfds.features.FeaturesDict({
-              "text": tfds.features.Text(),
-              "source": tfds.features.Text(),
-              "line": np.int64,
-          }),
+          features=tfds.features.FeaturesDict(features),
           metadata=tfds.core.MetadataDict(self._metadata),
       )
 
@@ -102,7 +99,12 @@ def _builder_class(name: str):
     def _generate_examples(self, split):
       yield from self._examples(split)
 
-  return types.new_class(name, (_TextBuilder,), {"skip_registration": True}, lambda ns: ns.update(name=name))
+  return types.new_class(name, (_Builder,), {"skip_registration": True}, lambda ns: ns.update(name=name))
+
+
+def _text_features() -> dict:
+  import tensorflow_datasets as tfds
+  return {"text": tfds.features.Text(), "source": tfds.features.Text(), "line": np.int64}
 
 
 def _check_name(name: str) -> None:
@@ -117,26 +119,33 @@ def dataset_metadata(dataset_dir: str | os.PathLike) -> dict:
   return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def _build(name: str, out_dir, params: dict, skipped: dict, split_counts: dict,
-           examples: Callable[[str], Iterator[tuple[str, dict]]], description: str) -> Path:
+def build_dataset(name: str, out_dir, params: dict, skipped: dict, split_counts: dict,
+                  examples: Callable[[str], Iterator[tuple[str, dict]]], description: str, features: dict,
+                  kind: str | None = None, unit: str = "records") -> Path:
+  """Write ``out_dir/name/1.0.0`` (ArrayRecord) from `examples(split)`; the non-empty splits only, train required.
+  metadata.json keeps the params (so a rerun can tell the same dataset from a different one), skip counts, split
+  sizes and, when given, the kind."""
   dataset_dir = Path(out_dir) / name / VERSION
   splits = [s for s in SPLITS if split_counts.get(s)]
   if "train" not in splits:
-    raise ValueError(f"dataset {name!r}: no records for the train split (split counts {split_counts}, "
+    raise ValueError(f"dataset {name!r}: no {unit} for the train split (split counts {split_counts}, "
                      f"skipped {skipped or 'none'})")
   for s in SPLITS:
     if s not in splits:
       log.warning("%s: the %s split is empty and is omitted", name, s)
   metadata = {"params": params, "skipped": skipped, "split_counts": split_counts}
-  builder = _builder_class(name)(examples=examples, splits=splits, metadata=metadata, description=description,
-                                 data_dir=os.fspath(out_dir), file_format="array_record")
+  if kind is not None:
+    metadata["kind"] = kind
+  builder = builder_class(name, features)(examples=examples, splits=splits, metadata=metadata,
+                                          description=description, data_dir=os.fspath(out_dir),
+                                          file_format="array_record")
   assert Path(builder.data_dir) == dataset_dir, (builder.data_dir, dataset_dir)
   with tempfile.TemporaryDirectory() as downloads:  # TFDS creates a downloads/ folder otherwise
     builder.download_and_prepare(download_dir=downloads)
   return dataset_dir
 
 
-def _existing(name: str, out_dir, params: dict) -> Path | None:
+def existing_dataset(name: str, out_dir, params: dict) -> Path | None:
   """The dataset dir if `out_dir` already holds this dataset; raise if it holds a different one."""
   dataset_dir = Path(out_dir) / name / VERSION
   if not (dataset_dir / "dataset_info.json").is_file():
@@ -145,7 +154,7 @@ def _existing(name: str, out_dir, params: dict) -> Path | None:
   if old != params:
     raise FileExistsError(
         f"{dataset_dir} already holds a different dataset (prepared with {json.dumps(old)}, now "
-        f"{json.dumps(params)}); delete it or choose another --out or --name")
+        f"{json.dumps(params)}); delete it or choose another out dir (--out) or name")
   log.info("reusing %s (prepared with the same inputs and parameters)", dataset_dir)
   return dataset_dir
 
@@ -187,7 +196,7 @@ def prepare_text_dataset(
       "seed": seed,
       "on_error": on_error,
   }
-  existing = _existing(name, out_dir, params)
+  existing = existing_dataset(name, out_dir, params)
   if existing is not None:
     return existing
 
@@ -209,7 +218,7 @@ def prepare_text_dataset(
         yield f"{index[source]}:{line}", {"text": text, "source": source, "line": line}
 
   description = f"Text documents from {len(files)} file(s), field {field!r}."
-  return _build(name, out_dir, params, skipped, split_counts, examples, description)
+  return build_dataset(name, out_dir, params, skipped, split_counts, examples, description, _text_features())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -234,7 +243,7 @@ def prepare_wordnet(
   _check_name(name)
   _check_fraction(validation_fraction)
   params = {"kind": "wordnet", "validation_fraction": validation_fraction, "seed": seed, "limit": limit}
-  existing = _existing(name, out_dir, params)
+  existing = existing_dataset(name, out_dir, params)
   if existing is not None:
     return existing
   synsets = []
@@ -253,7 +262,7 @@ def prepare_wordnet(
         yield syn.key, {"text": wordnet.pretraining_text(syn), "source": syn.key, "line": syn.offset}
 
   description = "WordNet 3.0 synsets as pretraining text: 'lemmas: definition. examples.'"
-  return _build(name, out_dir, params, {}, split_counts, examples, description)
+  return build_dataset(name, out_dir, params, {}, split_counts, examples, description, _text_features())
 
 
 # ---------------------------------------------------------------------------------------------

@@ -32,13 +32,10 @@ function of the position in the stream (deterministic and resumable).
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
-import tempfile
 import time
-import types
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -65,12 +62,6 @@ _NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
 
 # ---------------------------------------------------------------------------------------------
 # Reading and validating records
-
-
-def _open(path: Path):
-  import gzip
-
-  return gzip.open(path, "rb") if path.name.lower().endswith(".gz") else open(path, "rb")
 
 
 def _string(value, what: str, path, line: int, reason: str) -> str | DataError:
@@ -136,37 +127,13 @@ def validate(obj, path, line: int, require_queries: bool = True) -> dict | DataE
 
 
 def _jsonl_records(path: Path, require_queries: bool) -> Iterator[tuple[int, dict | DataError]]:
-  with _open(path) as f:
-    for line_no, raw in enumerate(f, start=1):
-      try:
-        line = raw.decode("utf-8")
-      except UnicodeDecodeError as e:
-        yield line_no, DataError(path, line_no, "invalid_utf8", f"invalid UTF-8 ({e.reason} at byte {e.start})")
-        continue
-      if not line.strip():
-        continue
-      try:
-        obj = json.loads(line)
-      except json.JSONDecodeError as e:
-        yield line_no, DataError(path, line_no, "invalid_json", f"invalid JSON ({e.msg} at column {e.colno})")
-        continue
-      yield line_no, validate(obj, path, line_no, require_queries)
+  for line_no, obj in text_lib.jsonl_objects(path):
+    yield line_no, obj if isinstance(obj, DataError) else validate(obj, path, line_no, require_queries)
 
 
 def _parquet_records(path: Path, require_queries: bool) -> Iterator[tuple[int, dict | DataError]]:
-  import pyarrow.parquet as pq
-
-  pf = pq.ParquetFile(path)
-  names = pf.schema_arrow.names
-  missing = [c for c in ("doc_id", "chunks") if c not in names]
-  if missing:
-    raise DataError(path, None, "missing_field", f"parquet file has no column {missing[0]!r} (columns: {names})")
-  columns = [c for c in ("doc_id", "chunks", "queries") if c in names]
-  row = 0
-  for batch in pf.iter_batches(columns=columns, batch_size=4096):
-    for obj in batch.to_pylist():
-      yield row, validate(obj, path, row, require_queries)
-      row += 1
+  for row, obj in text_lib.parquet_rows(path, ("doc_id", "chunks", "queries"), ("doc_id", "chunks"), 4096):
+    yield row, validate(obj, path, row, require_queries)
 
 
 def iter_contextual_records(inputs, on_error: str = "raise", stats: dict | None = None, log_skipped: bool = True,
@@ -194,38 +161,17 @@ def iter_contextual_records(inputs, on_error: str = "raise", stats: dict | None 
 # TFDS builder
 
 
-def _builder_class(name: str):
+def _features() -> dict:
   import tensorflow_datasets as tfds
 
-  features = tfds.features.FeaturesDict({
+  return {
       "doc_id": tfds.features.Text(),
       "chunks": tfds.features.Sequence(tfds.features.Text()),
       "query_text": tfds.features.Sequence(tfds.features.Text()),
       "query_chunk": tfds.features.Sequence(np.int64),
       "source": tfds.features.Text(),
       "line": np.int64,
-  })
-
-  class _ContextualBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
-    VERSION = tfds.core.Version(VERSION)
-
-    def __init__(self, *, examples, splits, metadata, description, **kwargs):
-      self._examples, self._splits = examples, tuple(splits)
-      self._metadata, self._description = metadata, description
-      super().__init__(**kwargs)
-
-    def _info(self):
-      return tfds.core.DatasetInfo(builder=self, description=self._description, features=features,
-                                   metadata=tfds.core.MetadataDict(self._metadata))
-
-    def _split_generators(self, dl_manager):
-      del dl_manager
-      return {split: self._generate_examples(split) for split in self._splits}
-
-    def _generate_examples(self, split):
-      yield from self._examples(split)
-
-  return types.new_class(name, (_ContextualBuilder,), {"skip_registration": True}, lambda ns: ns.update(name=name))
+  }
 
 
 def _example(rec: dict, source: str, line: int) -> dict:
@@ -233,30 +179,9 @@ def _example(rec: dict, source: str, line: int) -> dict:
           "query_chunk": [q["chunk"] for q in rec["queries"]], "source": source, "line": line}
 
 
-def _existing(name: str, out_dir, params: dict) -> Path | None:
-  dataset_dir = Path(out_dir) / name / VERSION
-  if not (dataset_dir / "dataset_info.json").is_file():
-    return None
-  old = builders.dataset_metadata(dataset_dir).get("params")
-  if old != params:
-    raise FileExistsError(f"{dataset_dir} already holds a different dataset (prepared with {json.dumps(old)}, now "
-                          f"{json.dumps(params)}); delete it or choose another out_dir or name")
-  log.info("reusing %s (prepared with the same inputs and parameters)", dataset_dir)
-  return dataset_dir
-
-
 def _build(name: str, out_dir, params: dict, skipped: dict, split_counts: dict, examples, description: str) -> Path:
-  dataset_dir = Path(out_dir) / name / VERSION
-  splits = [s for s in SPLITS if split_counts.get(s)]
-  if "train" not in splits:
-    raise ValueError(f"dataset {name!r}: no documents for the train split (split counts {split_counts}, "
-                     f"skipped {skipped or 'none'})")
-  metadata = {"params": params, "skipped": skipped, "split_counts": split_counts, "kind": "contextual"}
-  builder = _builder_class(name)(examples=examples, splits=splits, metadata=metadata, description=description,
-                                 data_dir=os.fspath(out_dir), file_format="array_record")
-  with tempfile.TemporaryDirectory() as downloads:
-    builder.download_and_prepare(download_dir=downloads)
-  return dataset_dir
+  return builders.build_dataset(name, out_dir, params, skipped, split_counts, examples, description, _features(),
+                                kind="contextual", unit="documents")
 
 
 def _check(name: str, validation_fraction: float, on_error: str = "raise") -> None:
@@ -284,7 +209,7 @@ def prepare_contextual(inputs, out_dir, name: str = "contextual", validation_fra
   files = text_lib.expand_inputs(inputs)
   params = {"kind": "contextual", "inputs": [{"path": str(f.resolve()), "bytes": f.stat().st_size} for f in files],
             "validation_fraction": validation_fraction, "seed": seed, "on_error": on_error}
-  existing = _existing(name, out_dir, params)
+  existing = builders.existing_dataset(name, out_dir, params)
   if existing is not None:
     return existing
   t0 = time.perf_counter()
@@ -314,7 +239,7 @@ def prepare_wordnet_contextual(out_dir, validation_fraction: float = 0.05, seed:
 
   _check(name, validation_fraction)
   params = {"kind": "wordnet_contextual", "validation_fraction": validation_fraction, "seed": seed, "limit": limit}
-  existing = _existing(name, out_dir, params)
+  existing = builders.existing_dataset(name, out_dir, params)
   if existing is not None:
     return existing
   records = list(wordnet_contextual.documents(None, validation_fraction, seed, limit, wordnet_dir))

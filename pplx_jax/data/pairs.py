@@ -37,9 +37,7 @@ import json
 import logging
 import os
 import re
-import tempfile
 import time
-import types
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -77,12 +75,6 @@ _NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
 
 # ---------------------------------------------------------------------------------------------
 # Reading and validating records
-
-
-def _open(path: Path):
-  import gzip
-
-  return gzip.open(path, "rb") if path.name.lower().endswith(".gz") else open(path, "rb")
 
 
 def _decode(value, field: str, path, line: int) -> str | DataError:
@@ -151,37 +143,14 @@ def _validate(obj, kind: str, fields: tuple[str, str, str], path, line: int) -> 
 
 
 def _jsonl_records(path: Path, kind: str, fields) -> Iterator[tuple[int, dict | DataError]]:
-  with _open(path) as f:
-    for line_no, raw in enumerate(f, start=1):
-      try:
-        line = raw.decode("utf-8")
-      except UnicodeDecodeError as e:
-        yield line_no, DataError(path, line_no, "invalid_utf8", f"invalid UTF-8 ({e.reason} at byte {e.start})")
-        continue
-      if not line.strip():
-        continue
-      try:
-        obj = json.loads(line)
-      except json.JSONDecodeError as e:
-        yield line_no, DataError(path, line_no, "invalid_json", f"invalid JSON ({e.msg} at column {e.colno})")
-        continue
-      yield line_no, _validate(obj, kind, fields, path, line_no)
+  for line_no, obj in text_lib.jsonl_objects(path):
+    yield line_no, obj if isinstance(obj, DataError) else _validate(obj, kind, fields, path, line_no)
 
 
 def _parquet_records(path: Path, kind: str, fields) -> Iterator[tuple[int, dict | DataError]]:
-  import pyarrow.parquet as pq
-
-  pf = pq.ParquetFile(path)
-  names = pf.schema_arrow.names
   wanted = list(fields if kind == "triplet" else fields[:2])
-  missing = [c for c in wanted if c not in names]
-  if missing:
-    raise DataError(path, None, "missing_field", f"parquet file has no column {missing[0]!r} (columns: {names})")
-  row = 0
-  for batch in pf.iter_batches(columns=wanted, batch_size=8192):
-    for obj in batch.to_pylist():
-      yield row, _validate(obj, kind, fields, path, row)
-      row += 1
+  for row, obj in text_lib.parquet_rows(path, wanted, wanted):
+    yield row, _validate(obj, kind, fields, path, row)
 
 
 def iter_pair_records(
@@ -232,37 +201,14 @@ def _skipped(stats: Mapping) -> dict:
 # TFDS builder
 
 
-def _builder_class(name: str, kind: str):
+def _features(kind: str) -> dict:
   import tensorflow_datasets as tfds
 
   features = {"query": tfds.features.Text(), "positive": tfds.features.Text()}
   if kind == "triplet":
     features["negatives"] = tfds.features.Sequence(tfds.features.Text())
   features.update({"source": tfds.features.Text(), "line": np.int64})
-
-  class _PairsBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
-    VERSION = tfds.core.Version(VERSION)
-
-    def __init__(self, *, examples, splits, metadata, description, **kwargs):
-      self._examples = examples
-      self._splits = tuple(splits)
-      self._metadata = metadata
-      self._description = description
-      super().__init__(**kwargs)
-
-    def _info(self):
-      return tfds.core.DatasetInfo(builder=self, description=self._description,
-                                   features=tfds.features.FeaturesDict(features),
-                                   metadata=tfds.core.MetadataDict(self._metadata))
-
-    def _split_generators(self, dl_manager):
-      del dl_manager
-      return {split: self._generate_examples(split) for split in self._splits}
-
-    def _generate_examples(self, split):
-      yield from self._examples(split)
-
-  return types.new_class(name, (_PairsBuilder,), {"skip_registration": True}, lambda ns: ns.update(name=name))
+  return features
 
 
 def _check_args(name: str, validation_fraction: float, kind: str) -> None:
@@ -275,36 +221,10 @@ def _check_args(name: str, validation_fraction: float, kind: str) -> None:
     raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
 
 
-def _existing(name: str, out_dir, params: dict) -> Path | None:
-  dataset_dir = Path(out_dir) / name / VERSION
-  if not (dataset_dir / "dataset_info.json").is_file():
-    return None
-  old = builders.dataset_metadata(dataset_dir).get("params")
-  if old != params:
-    raise FileExistsError(
-        f"{dataset_dir} already holds a different dataset (prepared with {json.dumps(old)}, now "
-        f"{json.dumps(params)}); delete it or choose another out_dir or name")
-  log.info("reusing %s (prepared with the same inputs and parameters)", dataset_dir)
-  return dataset_dir
-
-
 def _build(name: str, kind: str, out_dir, params: dict, skipped: dict, split_counts: dict,
            examples: Callable[[str], Iterator[tuple[str, dict]]], description: str) -> Path:
-  dataset_dir = Path(out_dir) / name / VERSION
-  splits = [s for s in SPLITS if split_counts.get(s)]
-  if "train" not in splits:
-    raise ValueError(f"dataset {name!r}: no records for the train split (split counts {split_counts}, "
-                     f"skipped {skipped or 'none'})")
-  for s in SPLITS:
-    if s not in splits:
-      log.warning("%s: the %s split is empty and is omitted", name, s)
-  metadata = {"params": params, "skipped": skipped, "split_counts": split_counts, "kind": kind}
-  builder = _builder_class(name, kind)(examples=examples, splits=splits, metadata=metadata,
-                                       description=description, data_dir=os.fspath(out_dir),
-                                       file_format="array_record")
-  with tempfile.TemporaryDirectory() as downloads:
-    builder.download_and_prepare(download_dir=downloads)
-  return dataset_dir
+  return builders.build_dataset(name, out_dir, params, skipped, split_counts, examples, description, _features(kind),
+                                kind=kind)
 
 
 def _split(query: str, validation_fraction: float, seed: int) -> str:
@@ -342,7 +262,7 @@ def prepare_pairs(
       "seed": seed,
       "on_error": on_error,
   }
-  existing = _existing(name, out_dir, params)
+  existing = builders.existing_dataset(name, out_dir, params)
   if existing is not None:
     return existing
 
@@ -409,7 +329,7 @@ def prepare_wordnet_pairs(
   kinds = list(kinds)
   params = {"kind": "wordnet_pairs", "validation_fraction": validation_fraction, "seed": seed, "kinds": kinds,
             "limit": limit}
-  existing = _existing(name, out_dir, params)
+  existing = builders.existing_dataset(name, out_dir, params)
   if existing is not None:
     return existing
   records = list(wordnet_pairs(kinds, limit, wordnet_dir))
@@ -477,7 +397,7 @@ def _first_raw(files: Sequence[Path]) -> Iterator[Any]:
         yield batch.to_pylist()[0]
         return
     else:
-      with _open(path) as f:
+      with text_lib.open_binary(path) as f:
         for raw in f:
           if raw.strip():
             try:

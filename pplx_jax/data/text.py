@@ -24,6 +24,7 @@ import logging
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -79,12 +80,13 @@ def file_format(path: str | os.PathLike) -> str:
   return "text"
 
 
-def _open_binary(path: Path):
+def open_binary(path: Path):
+  """The file's bytes, gunzipped when the name ends in .gz."""
   return gzip.open(path, "rb") if path.name.lower().endswith(".gz") else open(path, "rb")
 
 
 def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
-  with _open_binary(path) as f:
+  with open_binary(path) as f:
     for line_no, raw in enumerate(f, start=1):
       yield line_no, raw
 
@@ -100,7 +102,9 @@ def _text_records(path: Path, field: str) -> Iterator[tuple[int, str | DataError
     yield line_no, line.rstrip("\r\n")
 
 
-def _jsonl_records(path: Path, field: str) -> Iterator[tuple[int, str | DataError]]:
+def jsonl_objects(path: Path) -> Iterator[tuple[int, Any]]:
+  """(1-based line, parsed JSON value) for every non-blank line, or a DataError for invalid UTF-8 or JSON; the one
+  JSONL reader of every record kind (text, pairs, contextual documents)."""
   for line_no, raw in _lines(path):
     try:
       line = raw.decode("utf-8")
@@ -110,14 +114,36 @@ def _jsonl_records(path: Path, field: str) -> Iterator[tuple[int, str | DataErro
     if not line.strip():
       continue
     try:
-      record = json.loads(line)
+      yield line_no, json.loads(line)
     except json.JSONDecodeError as e:
       yield line_no, DataError(path, line_no, "invalid_json", f"invalid JSON ({e.msg} at column {e.colno})")
-      continue
-    if not isinstance(record, dict):
+
+
+def parquet_rows(path: Path, columns: Sequence[str], required: Sequence[str], batch_size: int = 8192
+                 ) -> Iterator[tuple[int, dict]]:
+  """(0-based row, {column: value}) of the `columns` present in the file; a missing `required` column raises."""
+  import pyarrow.parquet as pq
+
+  pf = pq.ParquetFile(path)
+  names = pf.schema_arrow.names
+  missing = [c for c in required if c not in names]
+  if missing:
+    raise DataError(path, None, "missing_field", f"parquet file has no column {missing[0]!r} (columns: {names})")
+  row = 0
+  for batch in pf.iter_batches(columns=[c for c in columns if c in names], batch_size=batch_size):
+    for obj in batch.to_pylist():
+      yield row, obj
+      row += 1
+
+
+def _jsonl_records(path: Path, field: str) -> Iterator[tuple[int, str | DataError]]:
+  for line_no, record in jsonl_objects(path):
+    if isinstance(record, DataError):
+      yield line_no, record
+    elif not isinstance(record, dict):
       yield line_no, DataError(path, line_no, "invalid_json", f"expected a JSON object, got {type(record).__name__}")
-      continue
-    yield line_no, _field_value(record.get(field), field, path, line_no)
+    else:
+      yield line_no, _field_value(record.get(field), field, path, line_no)
 
 
 def _field_value(value, field: str, path: Path, line_no: int) -> str | DataError:
@@ -134,17 +160,8 @@ def _field_value(value, field: str, path: Path, line_no: int) -> str | DataError
 
 
 def _parquet_records(path: Path, field: str) -> Iterator[tuple[int, str | DataError]]:
-  import pyarrow.parquet as pq
-
-  pf = pq.ParquetFile(path)
-  names = pf.schema_arrow.names
-  if field not in names:
-    raise DataError(path, None, "missing_field", f"parquet file has no column {field!r} (columns: {names})")
-  row = 0
-  for batch in pf.iter_batches(columns=[field], batch_size=8192):
-    for value in batch.column(0).to_pylist():
-      yield row, _field_value(value, field, path, row)
-      row += 1
+  for row, obj in parquet_rows(path, [field], [field]):
+    yield row, _field_value(obj[field], field, path, row)
 
 
 _READERS = {"text": _text_records, "jsonl": _jsonl_records, "parquet": _parquet_records}
