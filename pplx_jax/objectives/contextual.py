@@ -44,7 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from pplx_jax.models.pooling import normalize
-from pplx_jax.objectives.contrastive import batch_similarities, diagonal, margin_mask, masked_logsumexp, mean_where
+from pplx_jax.objectives.contrastive import batch_similarities, masked_logsumexp, mean_where, pair_infonce
 from pplx_jax.sharding import constrain
 
 ROWS = ("act_batch", None)
@@ -195,33 +195,13 @@ def global_loss(q: jax.Array, d: jax.Array, doc_hash: jax.Array, temperature: fl
 
   Metrics: accuracy (d_i strictly above every other non-duplicate document), pos_sim, neg_sim (non-duplicate
   documents), masked_frac (negatives, after duplicate masking, dropped by the margin), dup_frac (off-diagonal
-  document pairs that are duplicates).
+  document pairs that are duplicates). It is the pair stage's `pair_infonce` with M_ij as its document mask.
   """
-  s_qd = batch_similarities(q, d)
-  pos, eye = diagonal(s_qd)
-  off = ~eye
-  dup = same_document(doc_hash) & off
-  cand = off & ~dup  # the document negatives the paper's M_ij keeps
-  inv_t = _inv_t(temperature)
-  keep_d = margin_mask(s_qd, pos, margin) & cand
-  blocks = [(s_qd * inv_t, keep_d | eye)]
-  n_neg = jnp.sum(cand.astype(jnp.float32))
-  n_drop = jnp.sum((cand & ~keep_d).astype(jnp.float32))
-  if use_qq:
-    s_qq = batch_similarities(q, q)
-    keep_q = margin_mask(s_qq, pos, margin) & off
-    blocks.append((s_qq * inv_t, keep_q))
-    n_neg = n_neg + jnp.sum(off.astype(jnp.float32))
-    n_drop = n_drop + jnp.sum((off & ~keep_q).astype(jnp.float32))
-  loss = jnp.mean(masked_logsumexp(blocks) - pos * inv_t)
-  s_sg, pos_sg = jax.lax.stop_gradient(s_qd), jax.lax.stop_gradient(pos)
-  metrics = {
-      "accuracy": jnp.mean((pos_sg > _row_max(s_sg, cand)).astype(jnp.float32)),
-      "pos_sim": jnp.mean(pos_sg),
-      "neg_sim": mean_where(s_sg, cand),
-      "masked_frac": n_drop / jnp.maximum(n_neg, 1.0),
-      "dup_frac": jnp.sum(dup.astype(jnp.float32)) / jnp.maximum(jnp.sum(off.astype(jnp.float32)), 1.0),
-  }
+  same = same_document(doc_hash)
+  loss, metrics = pair_infonce(q, d, temperature, margin=margin, use_qq=use_qq, doc_negatives=~same)
+  off = ~_eye(q.shape[0])
+  dup = same & off
+  metrics["dup_frac"] = jnp.sum(dup.astype(jnp.float32)) / jnp.maximum(jnp.sum(off.astype(jnp.float32)), 1.0)
   return loss, metrics
 
 

@@ -80,35 +80,38 @@ def mean_where(x: jax.Array, where: jax.Array) -> jax.Array:
 
 
 def pair_infonce(q: jax.Array, d: jax.Array, temperature: float | jax.Array, margin: float | None = 0.1,
-                 use_qq: bool = True) -> tuple[jax.Array, dict[str, jax.Array]]:
+                 use_qq: bool = True, doc_negatives: jax.Array | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
   """Stage-1 loss (paper §4.1). q, d: [N, D] embeddings of the global batch, row i of d is q_i's positive.
 
   margin=None disables the false-negative mask; use_qq=False drops the query-query negatives (plain InfoNCE).
-  Returns (loss, metrics): accuracy (the positive scores strictly above every other in-batch document), pos_sim,
-  neg_sim (mean over in-batch document negatives), masked_frac (negatives dropped by the margin mask).
+  doc_negatives [N, N] (None = all j != i) restricts which in-batch documents are negatives of query i (the
+  contextual stage's duplicate-document mask M_ij); the query-query negatives are not affected.
+  Returns (loss, metrics): accuracy (the positive scores strictly above every other candidate document), pos_sim,
+  neg_sim (mean over the document negatives), masked_frac (negatives dropped by the margin mask).
   """
   s_qd = batch_similarities(q, d)
   pos, eye = diagonal(s_qd)
   off = ~eye
+  cand = off if doc_negatives is None else off & doc_negatives
   inv_t = 1.0 / jnp.asarray(temperature, jnp.float32)
-  keep_d = margin_mask(s_qd, pos, margin) & off
+  keep_d = margin_mask(s_qd, pos, margin) & cand
   blocks = [(s_qd * inv_t, keep_d | eye)]
-  n_neg = jnp.sum(off.astype(jnp.float32))
-  n_drop = jnp.sum((off & ~keep_d).astype(jnp.float32))
+  n_neg = jnp.sum(cand.astype(jnp.float32))
+  n_drop = jnp.sum((cand & ~keep_d).astype(jnp.float32))
   if use_qq:
     s_qq = batch_similarities(q, q)
     keep_q = margin_mask(s_qq, pos, margin) & off
     blocks.append((s_qq * inv_t, keep_q))
-    n_neg = 2.0 * n_neg
+    n_neg = n_neg + jnp.sum(off.astype(jnp.float32))
     n_drop = n_drop + jnp.sum((off & ~keep_q).astype(jnp.float32))
   loss = jnp.mean(masked_logsumexp(blocks) - pos * inv_t)
   s_sg = jax.lax.stop_gradient(s_qd)
   pos_sg = jax.lax.stop_gradient(pos)
-  best_other = jnp.max(jnp.where(off, s_sg, -jnp.inf), axis=-1)
+  best_other = jnp.max(jnp.where(cand, s_sg, -jnp.inf), axis=-1)
   metrics = {
       "accuracy": jnp.mean((pos_sg > best_other).astype(jnp.float32)),
       "pos_sim": jnp.mean(pos_sg),
-      "neg_sim": mean_where(s_sg, off),
+      "neg_sim": mean_where(s_sg, cand),
       "masked_frac": n_drop / jnp.maximum(n_neg, 1.0),
   }
   return loss, metrics
