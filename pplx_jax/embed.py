@@ -10,7 +10,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import jax
 import numpy as np
@@ -25,34 +25,47 @@ class InputError(ValueError):
   pass
 
 
+def _lines(path: Path) -> Iterator[tuple[str, str]]:
+  """("file:line", the decoded line without its newline); invalid UTF-8 stops with the file and line."""
+  with open(path, "rb") as f:
+    for lineno, raw in enumerate(f, 1):
+      try:
+        yield f"{path}:{lineno}", raw.decode("utf-8").rstrip("\r\n")
+      except UnicodeDecodeError as e:
+        raise InputError(f"{path}:{lineno}: invalid UTF-8 ({e.reason} at byte {e.start})") from None
+
+
+def jsonl_field(path: Path, field: str) -> Iterator[tuple[str, object]]:
+  """("file:line", obj[field]) for every line of a `.jsonl` input (of `embed` and `embed --contextual`); an empty
+  line, invalid JSON or a missing field stops with the file and line."""
+  for where, line in _lines(path):
+    if not line.strip():
+      raise InputError(f"{where}: empty line")
+    try:
+      obj = json.loads(line)
+    except json.JSONDecodeError as e:
+      raise InputError(f"{where}: invalid JSON ({e.msg}, column {e.colno})") from None
+    if not isinstance(obj, dict) or field not in obj:
+      raise InputError(f"{where}: missing field {field!r}")
+    yield where, obj[field]
+
+
 def read_texts(path: str | os.PathLike, field: str = "text") -> list[str]:
   """`.txt`: one text a line; `.jsonl`: one object a line with a `text` field. Errors name the file and line."""
   path = Path(path)
   if not path.is_file():
     raise InputError(f"{path}: no such file")
   texts = []
-  jsonl = path.suffix in (".jsonl", ".json")
-  with open(path, "rb") as f:
-    for lineno, raw in enumerate(f, 1):
-      try:
-        line = raw.decode("utf-8").rstrip("\r\n")
-      except UnicodeDecodeError as e:
-        raise InputError(f"{path}:{lineno}: invalid UTF-8 ({e.reason} at byte {e.start})") from None
-      if jsonl:
-        if not line.strip():
-          raise InputError(f"{path}:{lineno}: empty line")
-        try:
-          obj = json.loads(line)
-        except json.JSONDecodeError as e:
-          raise InputError(f"{path}:{lineno}: invalid JSON ({e.msg}, column {e.colno})") from None
-        if not isinstance(obj, dict) or field not in obj:
-          raise InputError(f"{path}:{lineno}: missing field {field!r}")
-        if not isinstance(obj[field], str):
-          raise InputError(f"{path}:{lineno}: field {field!r} is {type(obj[field]).__name__}, expected a string")
-        line = obj[field]
-      if not line.strip():
-        raise InputError(f"{path}:{lineno}: empty text")
-      texts.append(line)
+  if path.suffix in (".jsonl", ".json"):
+    records = jsonl_field(path, field)
+  else:
+    records = _lines(path)
+  for where, text in records:
+    if not isinstance(text, str):
+      raise InputError(f"{where}: field {field!r} is {type(text).__name__}, expected a string")
+    if not text.strip():
+      raise InputError(f"{where}: empty text")
+    texts.append(text)
   if not texts:
     raise InputError(f"{path}: no texts")
   return texts

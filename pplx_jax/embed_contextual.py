@@ -13,7 +13,6 @@ devices.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Callable, Sequence
@@ -25,7 +24,7 @@ from flax import nnx
 from pplx_jax import checkpoint as ckpt
 from pplx_jax import late_chunking as lc
 from pplx_jax import sharding as shd
-from pplx_jax.embed import InputError, bucket_length, finalize
+from pplx_jax.embed import InputError, bucket_length, finalize, jsonl_field
 
 ENDOFTEXT = "<|endoftext|>"
 
@@ -47,30 +46,15 @@ def read_documents(path: str | os.PathLike) -> list[list[str]]:
   if not path.is_file():
     raise InputError(f"{path}: no such file")
   docs = []
-  with open(path, "rb") as f:
-    for lineno, raw in enumerate(f, 1):
-      where = f"{path}:{lineno}"
-      try:
-        line = raw.decode("utf-8")
-      except UnicodeDecodeError as e:
-        raise InputError(f"{where}: invalid UTF-8 ({e.reason} at byte {e.start})") from None
-      if not line.strip():
-        raise InputError(f"{where}: empty line")
-      try:
-        obj = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise InputError(f"{where}: invalid JSON ({e.msg}, column {e.colno})") from None
-      if not isinstance(obj, dict) or "chunks" not in obj:
-        raise InputError(f"{where}: missing field 'chunks'")
-      chunks = obj["chunks"]
-      if not isinstance(chunks, list) or not chunks:
-        raise InputError(f"{where}: field 'chunks' must be a non-empty list of strings")
-      for k, c in enumerate(chunks):
-        if not isinstance(c, str):
-          raise InputError(f"{where}: chunks[{k}] is {type(c).__name__}, expected a string")
-        if not c.strip():
-          raise InputError(f"{where}: chunks[{k}] is empty")
-      docs.append(chunks)
+  for where, chunks in jsonl_field(path, "chunks"):
+    if not isinstance(chunks, list) or not chunks:
+      raise InputError(f"{where}: field 'chunks' must be a non-empty list of strings")
+    for k, c in enumerate(chunks):
+      if not isinstance(c, str):
+        raise InputError(f"{where}: chunks[{k}] is {type(c).__name__}, expected a string")
+      if not c.strip():
+        raise InputError(f"{where}: chunks[{k}] is empty")
+    docs.append(chunks)
   if not docs:
     raise InputError(f"{path}: no documents")
   return docs
