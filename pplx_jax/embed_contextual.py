@@ -115,7 +115,8 @@ def make_span_fn(model, mesh: jax.sharding.Mesh | None = None, rules=None) -> Sp
       sh = shd.batch_sharding(mesh, rules, 2)
       with shd.activate(mesh, rules):
         out = _span_embeddings(graphdef, state, *(jax.device_put(x, sh) for x in (ids, mask, spans)), num_spans)
-    return np.asarray(jax.device_get(out))
+    from pplx_jax.distributed import to_host  # training-time evaluation: rows may live on other hosts
+    return to_host(out)
 
   return run
 

@@ -45,7 +45,7 @@ import numpy as np
 from pplx_jax.data import builders
 from pplx_jax.data import text as text_lib
 from pplx_jax.data import wordnet
-from pplx_jax.data.pipeline import CheckpointableIterator, _shard
+from pplx_jax.data.pipeline import CheckpointableIterator, _shard, process_rows
 from pplx_jax.data.text import DataError
 
 log = logging.getLogger(__name__)
@@ -464,21 +464,20 @@ class ContextualPipeline(CheckpointableIterator):
       shard_index, shard_count = _shard(n, shard_index, shard_count)
     total = sum(weights)
     self.weights = [w / total for w in weights]
-    self._config = {"num_records": sizes, "weights": self.weights, "batch_size": batch_size, "query_len": query_len,
+    # Global position (see PairPipeline): the same in every process and for any process count.
+    self._config = {"num_records": sizes, "weights": self.weights, "global_batch_size": batch_size * shard_count,
+                    "query_len": query_len,
                     "chunk_len": chunk_len, "max_chunks": max_chunks, "sep_id": sep_id, "seed": seed,
-                    "num_epochs": num_epochs, "shard_index": shard_index, "shard_count": shard_count,
-                    "vocab_size": tokenizer.vocab_size}
+                    "num_epochs": num_epochs, "vocab_size": tokenizer.vocab_size}
     parts = []
     for i, n in enumerate(sizes):
       seed_i = int(np.random.SeedSequence([seed, i]).generate_state(1)[0])
-      ds = grain.MapDataset.range(n)[shard_index::shard_count]
-      shard_len = len(ds)
-      ds = ds.shuffle(seed=seed_i)
+      ds = grain.MapDataset.range(n).shuffle(seed=seed_i)
       if num_epochs != 1:
         ds = ds.repeat(num_epochs)
-      parts.append(ds.map_with_index(_Visit(i, shard_len)))
+      parts.append(ds.map_with_index(_Visit(i, n)))
     ds = parts[0] if len(parts) == 1 else grain.MapDataset.mix(parts, self.weights)
-    ds = ds.batch(batch_size, drop_remainder=True, batch_fn=list)
+    ds = process_rows(ds, batch_size, shard_index, shard_count)
     ds = ds.map(_Collate(sources, tokenizer, sep_id, query_len, chunk_len, max_chunks))
     self._start(ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads,
                                                      prefetch_buffer_size=max(prefetch_batches, read_threads))))

@@ -47,7 +47,7 @@ import numpy as np
 from pplx_jax.data import builders
 from pplx_jax.data import text as text_lib
 from pplx_jax.data import wordnet
-from pplx_jax.data.pipeline import CheckpointableIterator, _shard
+from pplx_jax.data.pipeline import CheckpointableIterator, _shard, process_rows
 from pplx_jax.data.text import DataError
 
 log = logging.getLogger(__name__)
@@ -585,8 +585,10 @@ class PairPipeline(CheckpointableIterator):
     seed: shuffle seed; source i, epoch e uses a permutation derived from (seed, i) and e.
     num_epochs: passes over each source; None repeats forever. With several finite sources the mixture
       ends when the first source (scaled by its weight) runs out.
-    shard_index, shard_count: this process reads records ``shard_index::shard_count`` of every source
-      (default: ``jax.process_index()`` / ``jax.process_count()``).
+    shard_index, shard_count: this process's rows ``[shard_index * batch_size, (shard_index + 1) * batch_size)`` of
+      every global batch of ``batch_size * shard_count`` examples (default: ``jax.process_index()`` /
+      ``jax.process_count()``); it reads only their records. The global batches, and the iterator state, are the
+      same for any number of processes.
     read_threads: grain threads reading and tokenising batches.
   """
 
@@ -629,21 +631,21 @@ class PairPipeline(CheckpointableIterator):
     self.shard_index, self.shard_count = shard_index, shard_count
     total = sum(weights)
     self.weights = [w / total for w in weights]
+    # The state is the position in the global stream: the same in every process, and valid for another count.
     self._config = {
-        "num_records": sizes, "weights": self.weights, "batch_size": batch_size, "kind": kind,
+        "num_records": sizes, "weights": self.weights, "global_batch_size": batch_size * shard_count, "kind": kind,
         "query_len": query_len, "doc_len": doc_len, "negative_len": negative_len, "num_negatives": num_negatives,
-        "seed": seed, "num_epochs": num_epochs, "shard_index": shard_index, "shard_count": shard_count,
-        "vocab_size": tokenizer.vocab_size,
+        "seed": seed, "num_epochs": num_epochs, "vocab_size": tokenizer.vocab_size,
     }
     parts = []
     for i, n in enumerate(sizes):
-      ds = grain.MapDataset.range(n)[shard_index::shard_count].shuffle(seed=_component_seed(seed, i))
+      ds = grain.MapDataset.range(n).shuffle(seed=_component_seed(seed, i))
       if num_epochs != 1:
         ds = ds.repeat(num_epochs)
       parts.append(ds.map(_Tag(i)))
     ds = parts[0] if len(parts) == 1 else grain.MapDataset.mix(parts, self.weights)
     collate = _Collate(sources, tokenizer, kind, query_len, doc_len, negative_len, num_negatives)
-    ds = ds.batch(batch_size, drop_remainder=True, batch_fn=list).map(collate)
+    ds = process_rows(ds, batch_size, shard_index, shard_count).map(collate)
     ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads,
                                               prefetch_buffer_size=max(prefetch_batches, read_threads)))
     self._start(ds)

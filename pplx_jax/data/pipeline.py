@@ -14,7 +14,9 @@ completed with all-padding rows, so every batch has the same shape.
 Determinism and checkpoints: the order depends only on ``seed``, the epoch, the shard and the data
 (grain's index shuffle with seed + epoch), and ``get_state()`` is a small JSON-serialisable dict: a
 pipeline restored with ``set_state(state)`` yields exactly the batches the original would have yielded.
-Each process reads only records ``shard_index::shard_count`` (by default its JAX process index/count).
+Each process reads only records ``shard_index::shard_count`` (by default its JAX process index/count). Training
+uses :class:`PackedStreams`, which shards by a fixed number of packing streams so that the global batch does not
+depend on the number of processes.
 """
 
 from __future__ import annotations
@@ -106,6 +108,26 @@ def _shard(n: int, shard_index: int | None, shard_count: int | None) -> tuple[in
   if n < shard_count:
     raise ValueError(f"{n} records cannot feed {shard_count} shards (processes): every shard needs a record")
   return shard_index, shard_count
+
+
+class _Rows:
+  """A global batch (list of items) -> this process's rows of it."""
+
+  def __init__(self, start: int, stop: int):
+    self.start, self.stop = start, stop
+
+  def __call__(self, items):
+    return items[self.start:self.stop]
+
+
+def process_rows(ds, batch_size: int, shard_index: int, shard_count: int):
+  """A MapDataset of items (record indices) -> lists of this process's `batch_size` items of each global batch.
+
+  The stream is cut into global batches of `batch_size * shard_count` items and process i keeps items
+  ``[i * batch_size, (i + 1) * batch_size)`` of each: the global batch is the same for any number of processes, and
+  each process reads only the records of its own rows. An incomplete final global batch is dropped."""
+  ds = ds.batch(batch_size * shard_count, drop_remainder=True, batch_fn=list)
+  return ds.map(_Rows(shard_index * batch_size, (shard_index + 1) * batch_size))
 
 
 def _packed_rows(source, tokenizer, seq_len: int, *, shard_index: int, shard_count: int, seed: int | None,
@@ -227,6 +249,78 @@ class PretrainPipeline(CheckpointableIterator):
 
   def _iterator_state_from_json(self, state):
     return _tuple_slices(state)  # JSON turned the packer's tuple markers into lists
+
+
+PACKED_STREAMS_FORMAT = "pplx_jax.packed_streams/1"
+
+
+class PackedStreams:
+  """Training batches of packed rows that are the same for any number of processes.
+
+  Packing is sequential (a row continues where the previous one stopped), so rows packed from one process's records
+  depend on how many processes share the data. Here the data is split into a fixed number of packing *streams*
+  instead: stream s packs records ``s::num_streams`` (a :class:`PretrainPipeline`) and contributes
+  ``global_batch / num_streams`` consecutive rows to every global batch. A process runs only its own streams (the
+  ``num_streams / shard_count`` streams whose rows it holds) and reads only their records; the global batch, and so
+  the training run, does not depend on the number of processes, and a checkpointed position restores on another
+  process count.
+
+  `get_state()` is a collective when `shard_count > 1` (every process must call it, as checkpoint saves do): each
+  process knows only its own streams' positions, and the saved state holds all of them.
+  """
+
+  def __init__(self, source, tokenizer, seq_len: int, global_batch: int, num_streams: int, *, seed: int = 0,
+               shard_index: int = 0, shard_count: int = 1, add_eos: bool = True, read_threads: int = 8,
+               prefetch_batches: int = 2):
+    if num_streams < 1 or global_batch % num_streams:
+      raise ValueError(f"global batch {global_batch} is not divisible by {num_streams} packing streams "
+                       "(data.packing_streams)")
+    if num_streams % shard_count:
+      raise ValueError(f"{num_streams} packing streams (data.packing_streams) cannot be split evenly over "
+                       f"{shard_count} processes; use a multiple of {shard_count} that divides the global batch "
+                       f"{global_batch}")
+    per = num_streams // shard_count
+    self.streams = list(range(shard_index * per, (shard_index + 1) * per))
+    self.shard_count = shard_count
+    threads = max(1, read_threads // per)
+    self._pipes = {s: PretrainPipeline(source, tokenizer, seq_len, global_batch // num_streams, seed=seed,
+                                       shard_index=s, shard_count=num_streams, add_eos=add_eos, read_threads=threads,
+                                       prefetch_batches=prefetch_batches)
+                   for s in self.streams}
+    self._config = {"num_streams": num_streams, "global_batch": global_batch, "seq_len": seq_len, "seed": seed}
+
+  def __iter__(self):
+    return self
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    parts = [next(self._pipes[s]) for s in self.streams]
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+  def get_state(self) -> dict:
+    local = {str(s): self._pipes[s].get_state() for s in self.streams}
+    if self.shard_count > 1:
+      from pplx_jax.distributed import allgather_json
+      local = {k: v for part in allgather_json(local) for k, v in part.items()}
+    return {"format": PACKED_STREAMS_FORMAT, "config": dict(self._config), "streams": local}
+
+  def set_state(self, state: dict) -> None:
+    if not isinstance(state, dict) or state.get("format") != PACKED_STREAMS_FORMAT:
+      raise ValueError(f"not a {PACKED_STREAMS_FORMAT} state: {str(state)[:200]}")
+    if state["config"] != self._config:
+      raise ValueError(f"data-iterator state was saved with other settings: {state['config']} vs {self._config}; "
+                       "the data position cannot be restored exactly")
+    for s in self.streams:
+      self._pipes[s].set_state(state["streams"][str(s)])
+
+  def close(self) -> None:
+    for p in self._pipes.values():
+      p.close()
+
+
+def default_packing_streams(global_batch: int) -> int:
+  """gcd(global batch, 64): up to 64 processes (v5p-256 has 64 hosts) share the data without changing it."""
+  import math
+  return math.gcd(int(global_batch), 64)
 
 
 def _close_iterator(iterator) -> None:

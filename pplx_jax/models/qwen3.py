@@ -242,6 +242,16 @@ def model_from_params(cfg: ModelConfig, params: dict[str, Any], mesh=None, rules
     values = jax.tree.map(lambda a, s: jnp.asarray(a, dtype=s.dtype), params, pure)
   else:
     shardings = nnx.to_pure_dict(shd.param_shardings(abstract_state, mesh, rules or shd.DEFAULT_RULES))
-    values = jax.tree.map(lambda a, s, sh: jax.device_put(np.asarray(a, dtype=s.dtype), sh), params, pure, shardings)
+    values = jax.tree.map(_placed, params, pure, shardings)
   nnx.replace_by_pure_dict(abstract_state, values)
   return nnx.merge(graphdef, abstract_state)
+
+
+def _placed(a, spec, sharding):
+  """A host array, or a device array (e.g. restored from a checkpoint), in `sharding` with spec's dtype."""
+  import numpy as np
+
+  if isinstance(a, jax.Array):
+    # A restored array may span other processes' devices: cast and reshard on the devices, never via the host.
+    return jax.device_put(a.astype(spec.dtype), sharding)
+  return jax.device_put(np.asarray(a, dtype=spec.dtype), sharding)

@@ -201,7 +201,8 @@ def embed_with_model(model, tokenizer, texts, pooling_kind: str = "mean", max_le
   multiple = 1 if mesh is None or mesh.empty else jax.device_count()
 
   def run(i, m):
-    return np.asarray(jax.device_get(_pooled(graphdef, state, jnp.asarray(i), jnp.asarray(m), pooling_kind)))
+    from pplx_jax.distributed import to_host  # every process embeds the same texts; rows may live on other hosts
+    return to_host(_pooled(graphdef, state, jnp.asarray(i), jnp.asarray(m), pooling_kind))
 
   return embed_lib.embed_token_ids(run, ids, tokenizer.pad_id, batch_size, max_length, multiple=multiple)
 

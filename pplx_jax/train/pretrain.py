@@ -68,9 +68,14 @@ class PretrainTask:
     self._eval_fn = None
 
   def train_data(self, per_process_batch: int, shard_index: int, shard_count: int):
-    from pplx_jax.data.pipeline import PretrainPipeline
-    return PretrainPipeline(self.train_source, self.tokenizer, self.seq_len, per_process_batch,
-                            seed=int(self.cfg.data.shuffle_seed), shard_index=shard_index, shard_count=shard_count)
+    from pplx_jax.data.pipeline import PackedStreams, default_packing_streams
+    gb = per_process_batch * shard_count
+    streams = int(self.cfg.data.get("packing_streams", 0) or 0) or default_packing_streams(gb)
+    try:
+      return PackedStreams(self.train_source, self.tokenizer, self.seq_len, gb, streams,
+                           seed=int(self.cfg.data.shuffle_seed), shard_index=shard_index, shard_count=shard_count)
+    except ValueError as e:
+      raise ConfigError(str(e)) from None
 
   def loss(self, model, batch, rng):
     return diffusion.diffusion_loss(model, batch, rng, self.objective)
@@ -84,8 +89,10 @@ class PretrainTask:
   def evaluate(self, model_fn: Callable, step: int) -> dict[str, float]:
     """Masked-token CE / accuracy at fixed mask ratios on the same held-out rows every time."""
     from pplx_jax.data.pipeline import eval_batches
+    # Every process evaluates the same rows (inputs are taken as replicated), so the numbers do not depend on the
+    # process count and process 0, which writes them, sees all of them.
     batches = list(eval_batches(self.eval_source, self.tokenizer, self.seq_len, int(self.cfg.train.eval_batch),
-                                int(self.cfg.train.eval_batches)))
+                                int(self.cfg.train.eval_batches), shard_index=0, shard_count=1))
     if not batches:
       return {}
     ratios = tuple(float(r) for r in self.cfg.objective.eval_ratios)
@@ -120,4 +127,7 @@ def default_objective_config() -> ml_collections.ConfigDict:
 def default_data_config() -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(dict(
       source="wordnet", dir="runs/data", tokenizer="", seq_len=128, validation_fraction=0.05, split_seed=0,
-      shuffle_seed=0))
+      shuffle_seed=0,
+      # Packing streams (data.pipeline.PackedStreams): fixed, so the global batch is the same for any process count;
+      # a multiple of the process count dividing the global batch. 0 = gcd(global batch, 64).
+      packing_streams=0))
