@@ -14,5 +14,5 @@ PYTHON="${PYTHON:-python3}"
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
 # torch is pinned in the same command so pip takes the CPU wheel rather than a multi-GB CUDA build.
-.venv/bin/python -m pip install -q -e ".[torch,test]" "torch==2.13.0"
+.venv/bin/python -m pip install -q -e ".[torch,test,tpu-aot]" "torch==2.13.0"
 echo "setup: ready (.venv)"

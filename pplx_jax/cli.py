@@ -52,8 +52,6 @@ def _embed(args) -> int:
 
 
 def _train(args) -> int:
-  from pplx_jax import distributed
-  distributed.initialize_from_args(args)  # before anything starts a JAX backend
   from pplx_jax import config as config_lib
   from pplx_jax.train import stages
   cfg = config_lib.load_config(args.config, args.overrides)
@@ -80,6 +78,11 @@ def _eval(args) -> int:
 def _quickstart(args) -> int:
   from pplx_jax import quickstart
   return quickstart.run(args)
+
+
+def _aot(args) -> int:
+  from pplx_jax import aot
+  return aot.run(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -113,8 +116,6 @@ def build_parser() -> argparse.ArgumentParser:
   s = sub.add_parser("train", help="train a stage (resumes from the newest checkpoint in --workdir)")
   s.add_argument("--config", required=True, help="configs/<stage>/<name>.py[:arg]")
   s.add_argument("--workdir", required=True)
-  from pplx_jax.distributed import add_args as distributed_args
-  distributed_args(s)
   s.set_defaults(fn=_train)
 
   s = sub.add_parser("prepare", help="turn text files (or WordNet) into a TFDS ArrayRecord dataset")
@@ -131,6 +132,11 @@ def build_parser() -> argparse.ArgumentParser:
   from pplx_jax.eval.retrieval import add_eval_args
   add_eval_args(s)
   s.set_defaults(fn=_eval)
+
+  s = sub.add_parser("aot", help="compile a stage's train step for a TPU topology on this machine: HBM, FLOPs, fit")
+  from pplx_jax.aot import add_args as aot_args
+  aot_args(s)
+  s.set_defaults(fn=_aot)
 
   s = sub.add_parser("quickstart", help="the tiny end-to-end job on the CPU (README's main command)")
   s.add_argument("--workdir", default="runs/quickstart")

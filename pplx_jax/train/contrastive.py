@@ -75,8 +75,15 @@ class ContrastiveTask:
 
   def __init__(self, cfg: ml_collections.ConfigDict, model_cfg: ModelConfig, tokenizer_dir: Path):
     from pplx_jax.data import builders
-    self.cfg, self.model_cfg = cfg, model_cfg
     self.tokenizer = load_tokenizer(tokenizer_dir)
+    self._init_loss(cfg, model_cfg)
+    data = cfg.data
+    self.sources = [_dataset_dir(str(s), self.kind, data) for s in data.sources]
+    self.train_splits = [builders.load_split(d, "train") for d in self.sources]
+    self._eval_cache = None
+
+  def _init_loss(self, cfg: ml_collections.ConfigDict, model_cfg: ModelConfig):
+    self.cfg, self.model_cfg = cfg, model_cfg
     obj = cfg.objective
     self.kind = str(obj.kind)
     if self.kind not in ("pair", "triplet"):
@@ -105,10 +112,24 @@ class ContrastiveTask:
         raise ConfigError(f"train.global_batch={gb} is not divisible by objective.gradcache_chunks={chunks}")
       self.loss_and_grad = self._gradcache_loss_and_grad
     self.chunks = chunks
-    data = cfg.data
-    self.sources = [_dataset_dir(str(s), self.kind, data) for s in data.sources]
-    self.train_splits = [builders.load_split(d, "train") for d in self.sources]
-    self._eval_cache = None
+
+  @classmethod
+  def for_compile(cls, cfg: ml_collections.ConfigDict, model_cfg: ModelConfig) -> "ContrastiveTask":
+    """The loss and batch layout without tokenizer or data, for compile checks (`pplx_jax.aot`)."""
+    task = cls.__new__(cls)
+    task._init_loss(cfg, model_cfg)
+    return task
+
+  def batch_shapes(self, global_batch: int) -> dict[str, tuple[tuple[int, ...], str]]:
+    """{key: (shape, dtype)} of a global training batch (what `train_data` yields, all processes together)."""
+    d, n = self.cfg.data, global_batch
+    out = {"q_ids": ((n, int(d.query_len)), "int32"), "q_mask": ((n, int(d.query_len)), "int32"),
+           "d_ids": ((n, int(d.doc_len)), "int32"), "d_mask": ((n, int(d.doc_len)), "int32"),
+           "dataset": ((n,), "int32"), "phase": ((n,), "int32")}
+    if self.kind == "triplet":
+      k = int(d.num_negatives)
+      out.update(n_ids=((n, k, int(d.doc_len)), "int32"), n_mask=((n, k, int(d.doc_len)), "int32"))
+    return out
 
   # ---- data ----
 

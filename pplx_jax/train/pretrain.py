@@ -54,18 +54,35 @@ class PretrainTask:
     if self.tokenizer.vocab_size > model_cfg.vocab_size:
       raise ConfigError(f"tokenizer {tokenizer_dir} has {self.tokenizer.vocab_size} ids but model.vocab_size is "
                         f"{model_cfg.vocab_size}")
-    obj = dict(cfg.objective.to_dict())
-    obj.pop("mask_token", None)
-    obj.pop("eval_ratios", None)
-    obj["mask_token_id"] = resolve_mask_token_id(cfg.objective, self.tokenizer, model_cfg)
-    if obj.get("vocab_limit", -1) in (-1, None):
-      obj["vocab_limit"] = None
-    self.objective = diffusion.DiffusionConfig.from_dict(obj)
-    self.seq_len = int(cfg.data.seq_len)
+    self._init_loss(cfg, model_cfg, resolve_mask_token_id(cfg.objective, self.tokenizer, model_cfg))
     self.dataset_dir = resolve_dataset(cfg.data)
     self.train_source = builders.load_split(self.dataset_dir, "train")
     self.eval_source = builders.load_split(self.dataset_dir, "validation")
     self._eval_fn = None
+
+  def _init_loss(self, cfg: ml_collections.ConfigDict, model_cfg: ModelConfig, mask_token_id: int):
+    obj = dict(cfg.objective.to_dict())
+    obj.pop("mask_token", None)
+    obj.pop("eval_ratios", None)
+    obj["mask_token_id"] = mask_token_id
+    if obj.get("vocab_limit", -1) in (-1, None):
+      obj["vocab_limit"] = None
+    self.objective = diffusion.DiffusionConfig.from_dict(obj)
+    self.seq_len = int(cfg.data.seq_len)
+
+  @classmethod
+  def for_compile(cls, cfg: ml_collections.ConfigDict, model_cfg: ModelConfig) -> "PretrainTask":
+    """The loss and batch layout without tokenizer or data, for compile checks (`pplx_jax.aot`). The mask token's
+    id changes values only, so an unset one stands in as the last vocabulary row."""
+    task = cls.__new__(cls)
+    task.cfg, task.model_cfg = cfg, model_cfg
+    mask_id = int(cfg.objective.mask_token_id)
+    task._init_loss(cfg, model_cfg, mask_id if mask_id >= 0 else model_cfg.vocab_size - 1)
+    return task
+
+  def batch_shapes(self, global_batch: int) -> dict[str, tuple[tuple[int, ...], str]]:
+    """{key: (shape, dtype)} of a global training batch (what `train_data` yields, all processes together)."""
+    return {"input_ids": ((global_batch, self.seq_len), "int32"), "segment_ids": ((global_batch, self.seq_len), "int32")}
 
   def train_data(self, per_process_batch: int, shard_index: int, shard_count: int):
     from pplx_jax.data.pipeline import PackedStreams, default_packing_streams

@@ -114,6 +114,35 @@ def _initial_model(cfg, model_cfg: ModelConfig, mesh, rules) -> tuple[qwen3.Qwen
   return model, loaded_cfg, src.tokenizer_dir
 
 
+def make_train_step(task: Task, graphdef, tx: optax.GradientTransformation, schedule: optax.Schedule, seed: int):
+  """The stage's train step (params, opt_state, batch, step) -> (params, opt_state, metrics), shared by training and
+  the AOT compile check (`pplx_jax.aot`), so what is checked is what runs."""
+
+  def train_step(params, opt_state, batch, step):
+    rng = jax.random.fold_in(jax.random.key(seed), step)
+
+    if hasattr(task, "loss_and_grad"):  # e.g. GradCache: chunked re-encoding computes the gradient itself
+      loss, metrics, grads = task.loss_and_grad(graphdef, params, batch, rng)
+    else:
+      def loss_fn(p):
+        return task.loss(nnx.merge(graphdef, nnx.State(p)), batch, rng)
+
+      (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    params = optax.apply_updates(params, updates)
+    metrics = dict(metrics, loss=loss, grad_norm=global_norm(grads), lr=schedule(step))
+    return params, opt_state, metrics
+
+  return train_step
+
+
+def jit_train_step(train_step, mesh, param_sh, opt_sh, batch_sh):
+  """jit with explicit shardings; params and optimizer state are donated (updated in place)."""
+  repl = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  return jax.jit(train_step, in_shardings=(param_sh, opt_sh, batch_sh, repl), out_shardings=(param_sh, opt_sh, repl),
+                 donate_argnums=(0, 1))
+
+
 def train(cfg: ml_collections.ConfigDict, workdir: str | Path, task_factory: Callable[..., Task],
           stop_after: int | None = None, devices=None) -> TrainResult:
   """Run (or resume) the stage described by `cfg` in `workdir`.
@@ -167,26 +196,8 @@ def train(cfg: ml_collections.ConfigDict, workdir: str | Path, task_factory: Cal
     elif cfg.train.init_from:
       print(f"[train] starting from {cfg.train.init_from}", flush=True)
 
-    base_rng = jax.random.key(int(cfg.train.seed))
-
-    def train_step(params, opt_state, batch, step):
-      rng = jax.random.fold_in(base_rng, step)
-
-      if hasattr(task, "loss_and_grad"):  # e.g. GradCache: chunked re-encoding computes the gradient itself
-        loss, metrics, grads = task.loss_and_grad(graphdef, params, batch, rng)
-      else:
-        def loss_fn(p):
-          return task.loss(nnx.merge(graphdef, nnx.State(p)), batch, rng)
-
-        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-      updates, opt_state = tx.update(grads, opt_state, params)
-      params = optax.apply_updates(params, updates)
-      metrics = dict(metrics, loss=loss, grad_norm=global_norm(grads), lr=schedule(step))
-      return params, opt_state, metrics
-
-    batch_sh = None  # filled from the first batch (its keys and ranks)
-    repl = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-    step_fn = None
+    train_step = make_train_step(task, graphdef, tx, schedule, int(cfg.train.seed))
+    step_fn = None  # jitted at the first batch (its keys and ranks give the batch shardings)
 
     writer = MetricsWriter(workdir, enabled=is_main)
     progress = Progress(total_steps, step, int(cfg.train.log_every), enabled=is_main, desc=str(cfg.get("stage", "train")))
@@ -220,8 +231,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str | Path, task_factory: Cal
         local = next(data)
         if step_fn is None:
           batch_sh = {k: shd.batch_sharding(mesh, rules, np.ndim(v)) for k, v in local.items()}
-          step_fn = jax.jit(train_step, in_shardings=(param_sh, opt_sh, batch_sh, repl),
-                            out_shardings=(param_sh, opt_sh, repl), donate_argnums=(0, 1))
+          step_fn = jit_train_step(train_step, mesh, param_sh, opt_sh, batch_sh)
         batch = shd.host_local_to_global(local, mesh, rules)
         params, opt_state, metrics = step_fn(params, opt_state, batch, jnp.asarray(step, jnp.int32))
         metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
