@@ -52,6 +52,8 @@ def _embed(args) -> int:
 
 
 def _train(args) -> int:
+  from pplx_jax import distributed
+  distributed.initialize_from_args(args)  # before anything starts a JAX backend
   from pplx_jax import config as config_lib
   from pplx_jax.train import stages
   cfg = config_lib.load_config(args.config, args.overrides)
@@ -116,6 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
   s = sub.add_parser("train", help="train a stage (resumes from the newest checkpoint in --workdir)")
   s.add_argument("--config", required=True, help="configs/<stage>/<name>.py[:arg]")
   s.add_argument("--workdir", required=True)
+  from pplx_jax.distributed import add_args as distributed_args
+  distributed_args(s)
   s.set_defaults(fn=_train)
 
   s = sub.add_parser("prepare", help="turn text files (or WordNet) into a TFDS ArrayRecord dataset")
