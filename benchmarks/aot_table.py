@@ -49,6 +49,8 @@ def parse_args(argv=None):
                   help="HBM per chip a cell must fit in (capped at the chip's capacity; v6e has 32 GiB)")
   ap.add_argument("--jobs", type=int, default=1, help="compiles at a time (each is CPU-bound)")
   ap.add_argument("--reuse", action="store_true", help="keep cells whose JSON report already exists in --work")
+  ap.add_argument("--render-only", action="store_true",
+                  help="compile nothing: write the table from the JSON reports already in --work")
   return ap.parse_args(argv)
 
 
@@ -61,8 +63,10 @@ def compile_cell(row: str, pod: str, remat: str, args) -> dict:
   work.mkdir(parents=True, exist_ok=True)
   tag = f"{row}_{pod}_{remat}"
   out_json, log = work / f"{tag}.json", work / f"{tag}.log"
-  if args.reuse and out_json.exists():
-    return json.loads(out_json.read_text())
+  if (args.reuse or args.render_only) and out_json.exists():
+    return dict(json.loads(out_json.read_text()), row=row, pod=pod)
+  if args.render_only:
+    return None
   cmd = [sys.executable, "-m", "pplx_jax.cli", "aot", "--config", f"{cfg_file}:{pod}", "--topology", pod,
          "--budget-gib", str(budget), "--json", str(out_json)]
   if remat != "config":
@@ -86,9 +90,8 @@ def run_cell(row, pod, args):
   r = None
   for remat in remats:
     r = compile_cell(row, pod, remat, args)
-    if r.get("fits"):
+    if r is None or r.get("fits"):
       break
-  r["tried"] = remats[:remats.index(remat) + 1]
   return r
 
 
@@ -118,14 +121,16 @@ def render(results: dict, args, started: str, done: bool) -> str:
       "bidirectional attention) at 100% of the chip's bf16 peak (v5p 459, v6e 918 TFLOP/s): a floor, not a "
       "prediction.",
       "",
-      "Reproduce (one command; about an hour on 2 busy CPU cores, `--jobs 2` to overlap compiles):",
+      "Reproduce (one command; each cell is a 2-4 minute compile on an idle 2-core CPU, 15-20 minutes when the "
+      "machine is shared; `--jobs 2` overlaps two, `--reuse` keeps cells already compiled into runs/aot_table):",
       "",
       "```bash",
       f".venv/bin/python benchmarks/aot_table.py --remat {args.remat} --jobs {args.jobs}",
       "# one cell: .venv/bin/pplx-jax aot --config configs/pretrain/qwen3_0_6b.py:v5p-128 --topology v5p-128",
       "```",
       "",
-      f"Run started {started}{'' if done else ' (in progress: cells fill in as they compile)'}; "
+      f"Run started {started}; {len(results)} of {len(args.rows.split(',')) * len(args.pods.split(','))} cells "
+      f"compiled{'' if done else ' (the rest: run the command again with --reuse)'}; "
       f"jax {_version('jax')}, libtpu {_version('libtpu')}. Pods: v5p-N has N/2 chips (N counts TensorCores), "
       "v6e-N has N chips; topologies "
       + ", ".join(f"{p} = `{aot.POD_TOPOLOGIES[p]}`" for p in args.pods.split(",")) + ".",
@@ -160,7 +165,10 @@ def main(argv=None):
   args = parse_args(argv)
   os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
   sys.path.insert(0, str(ROOT))
-  started = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+  now = datetime.datetime.now(datetime.timezone.utc).timestamp()
+  if args.render_only or args.reuse:  # the table's date is that of its oldest compile
+    now = min([p.stat().st_mtime for p in Path(args.work).glob("*.json")] + [now])
+  started = datetime.datetime.fromtimestamp(now, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
   cells = [(r, p) for r in args.rows.split(",") for p in args.pods.split(",")]
   cells.sort(key=lambda c: (c not in TARGETS, TARGETS.index(c) if c in TARGETS else 0))
   results: dict = {}
@@ -170,13 +178,15 @@ def main(argv=None):
 
   def one(cell):
     r = run_cell(*cell, args)
+    if r is None:  # --render-only and never compiled
+      return None
     results[cell] = r
     out.write_text(render(results, args, started, len(results) == len(cells)))
     return r
 
   with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
     list(pool.map(one, cells))
-  out.write_text(render(results, args, started, True))
+  out.write_text(render(results, args, started, len(results) == len(cells)))
   print(f"[aot_table] wrote {out}", flush=True)
   return 0
 
