@@ -77,9 +77,9 @@ def _eval(args) -> int:
   return retrieval.run_eval(args)
 
 
-def _quickstart(args) -> int:
-  from pplx_jax import quickstart
-  return quickstart.run(args)
+def _pipeline(args) -> int:
+  from pplx_jax import pipeline
+  return pipeline.run(args)
 
 
 def _aot(args) -> int:
@@ -142,10 +142,11 @@ def build_parser() -> argparse.ArgumentParser:
   aot_args(s)
   s.set_defaults(fn=_aot)
 
-  s = sub.add_parser("quickstart", help="the tiny end-to-end job on the CPU (README's main command)")
-  s.add_argument("--workdir", default="runs/quickstart")
-  s.add_argument("--force", action="store_true", help="delete the workdir first")
-  s.set_defaults(fn=_quickstart)
+  s = sub.add_parser("pipeline", help="the whole recipe from one config: stages, merge, export, eval, report "
+                    "(README's main command: configs/pipeline/tiny.py)")
+  from pplx_jax.pipeline import add_args as pipeline_args
+  pipeline_args(s)
+  s.set_defaults(fn=_pipeline)
   return p
 
 

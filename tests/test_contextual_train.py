@@ -97,5 +97,5 @@ def test_paper_scale_contextual_config_validates():
   assert (cfg.objective.beta_start, cfg.objective.beta_end) == (0.2, 0.5) and cfg.objective.use_qq
   trainer.validate(cfg, num_devices=32)
   tiny = config_lib.load_config("configs/contextual/tiny.py")
-  assert tiny.train.init_from == "runs/quickstart/pair" and stages.task_factory("contextual").__name__ == \
+  assert tiny.train.init_from == "runs/pipeline/pair" and stages.task_factory("contextual").__name__ == \
       "ContextualTask"

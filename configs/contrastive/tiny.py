@@ -8,7 +8,8 @@ from configs.model import tiny as tiny_model
 def get_config(variant: str = "bidirectional_mean"):
   cfg = base(tiny_model.get_config(), "pair")
   cfg.model.vocab_size = 4096
-  cfg.train.init_from = "runs/quickstart/pretrain"
+  cfg.train.init_from = "runs/pipeline/pretrain"
+  cfg.data.dir = "runs/pipeline/data"
   cfg.data.sources = ("wordnet",)
   cfg.data.query_len = 24
   cfg.data.doc_len = 48

@@ -7,7 +7,8 @@ from configs.model import tiny as tiny_model
 def get_config():
   cfg = base(tiny_model.get_config(), "triplet")
   cfg.model.vocab_size = 4096
-  cfg.train.init_from = "runs/quickstart/pair"
+  cfg.train.init_from = "runs/pipeline/pair"
+  cfg.data.dir = "runs/pipeline/data"
   cfg.data.sources = ("wordnet_triplets",)
   cfg.data.query_len = 24
   cfg.data.doc_len = 48

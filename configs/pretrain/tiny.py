@@ -7,8 +7,8 @@ from configs.pretrain.base import base
 def get_config():
   cfg = base(tiny_model.get_config())
   cfg.model.vocab_size = 4096
-  cfg.data.tokenizer = "runs/quickstart/tokenizer"
-  cfg.data.dir = "runs/data"
+  cfg.data.tokenizer = "runs/pipeline/tokenizer"
+  cfg.data.dir = "runs/pipeline/data"
   cfg.data.seq_len = 128
   cfg.objective.ce_chunk_size = 128
   cfg.optimizer.lr = 3e-3

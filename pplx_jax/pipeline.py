@@ -1,0 +1,427 @@
+"""`pplx-jax pipeline`: the paper's whole recipe from one config (configs/pipeline/*.py).
+
+tokenizer -> stage 1 (masked diffusion) -> stage 2 (pairs) -> stage 3a (contextual) + 3b (triplets) -> SLERP merge
+-> export (Hugging Face, sentence-transformers) -> evaluation of every stage's model, the baselines and the export
+by others' code -> a report (Markdown + PNG) in the workdir.
+
+Every step writes its output atomically and records what it was made from, so a killed pipeline run again skips
+finished steps and resumes the interrupted stage from its newest checkpoint (the trainer's own resume). A finished
+step whose recorded inputs differ from the config's (a changed stage config, a re-trained parent) is an error that
+names it, rather than a silent mix of old and new models.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import ml_collections
+import numpy as np
+
+from pplx_jax import config as config_lib
+from pplx_jax.config import ConfigError
+
+REPO = Path(__file__).resolve().parent.parent
+DONE = "pipeline_done.json"
+
+
+def _log(msg: str) -> None:
+  print(f"[pipeline] {msg}", flush=True)
+
+
+def _digest(obj: Any) -> str:
+  return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _write_json(path: Path, obj: Any) -> None:
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = path.with_name(path.name + ".tmp")
+  tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+  tmp.replace(path)
+
+
+def _read_json(path: Path) -> Any:
+  return json.loads(path.read_text())
+
+
+# ---------------------------------------------------------------------------------------------
+# Plan: every stage's resolved config, checked before anything runs.
+
+
+class Plan:
+  """The pipeline config resolved against a workdir: stage configs loaded, overridden and validated."""
+
+  def __init__(self, cfg: ml_collections.ConfigDict, workdir: Path):
+    self.cfg, self.work = cfg, workdir
+    self.data_dir = Path(cfg.data_dir) if cfg.data_dir else workdir / "data"
+    self.tokenizer = Path(cfg.tokenizer.path) if cfg.tokenizer.path else workdir / "tokenizer"
+    self.order = [str(s) for s in cfg.order]
+    unknown = [s for s in self.order if s not in cfg.stages]
+    if unknown:
+      raise ConfigError(f"pipeline order names {unknown}, which are not in config.stages ({sorted(cfg.stages)})")
+    if len(set(self.order)) != len(self.order):
+      raise ConfigError(f"pipeline order lists a stage twice: {self.order}")
+    self.stage_cfgs: dict[str, ml_collections.ConfigDict] = {}
+    for i, name in enumerate(self.order):
+      st = cfg.stages[name]
+      parent = str(st.init_from)
+      if parent and parent in cfg.stages and parent not in self.order[:i]:
+        raise ConfigError(f"stage {name!r} starts from {parent!r}, which does not come before it in "
+                          f"config.order {self.order}")
+      init = str(workdir / parent) if parent in cfg.stages else parent
+      overrides = [f"--config.data.dir={self.data_dir}", f"--config.data.tokenizer={self.tokenizer}",
+                   f"--config.train.init_from={init}"] + list(st.overrides)
+      path = Path(str(st.config).split(":")[0])
+      path = path if path.is_absolute() else REPO / path
+      spec = str(path) + (":" + str(st.config).split(":", 1)[1] if ":" in str(st.config) else "")
+      try:
+        stage_cfg = config_lib.load_config(spec, overrides)
+      except ConfigError as e:
+        raise ConfigError(f"pipeline stage {name!r} ({st.config}): {e}") from None
+      self.stage_cfgs[name] = stage_cfg
+    m = cfg.merge
+    for key in ("a", "b"):
+      if str(m[key]) not in self.order:
+        raise ConfigError(f"merge.{key}={m[key]!r} is not a stage of config.order {self.order}")
+    if not 0.0 <= float(m.t) <= 1.0:
+      raise ConfigError(f"merge.t must be in [0, 1], got {m.t}")
+    self.models = [str(x) for x in cfg.eval.models]
+    known = set(self.order) | {str(m.name)}
+    bad = [x for x in self.models if x not in known]
+    if bad:
+      raise ConfigError(f"eval.models names {bad}; known models: {sorted(known)}")
+    if str(cfg.export.model) not in known:
+      raise ConfigError(f"export.model={cfg.export.model!r}; known models: {sorted(known)}")
+    if str(cfg.ablation.stage) and (str(cfg.ablation.stage) not in self.order or
+                                    str(cfg.ablation.reference) not in self.order):
+      raise ConfigError(f"ablation.stage={cfg.ablation.stage!r} and ablation.reference={cfg.ablation.reference!r} "
+                        f"must both be stages of config.order {self.order}")
+
+  def validate(self, num_devices: int) -> None:
+    from pplx_jax.train import trainer
+    for name, c in self.stage_cfgs.items():
+      try:
+        trainer.validate(c, num_devices)
+      except ValueError as e:  # ConfigError, and the mesh-layout checks
+        raise ConfigError(f"pipeline stage {name!r} ({self.cfg.stages[name].config}): {e}") from None
+
+  def model_dir(self, name: str) -> Path:
+    return self.work / name
+
+  def pooling(self, name: str) -> str:
+    c = self.stage_cfgs.get(name)
+    return str(c.objective.get("pooling", "mean")) if c is not None and "objective" in c else "mean"
+
+
+def _is_main() -> bool:
+  import jax
+  return jax.process_index() == 0
+
+
+def _check_done(path: Path, inputs: dict, what: str) -> bool:
+  """True when `path/DONE` records exactly `inputs`; an error when it records something else."""
+  marker = path / DONE
+  if not marker.is_file():
+    return False
+  recorded = _read_json(marker).get("inputs")
+  if recorded != json.loads(json.dumps(inputs, sort_keys=True, default=str)):
+    raise ConfigError(f"{what} in {path} was finished from different inputs than this config gives "
+                      f"(recorded {marker}); delete {path} to redo it (and the steps after it)")
+  return True
+
+
+def _mark_done(path: Path, inputs: dict, **info) -> None:
+  _write_json(path / DONE, {"inputs": inputs, "finished": time.strftime("%Y-%m-%d %H:%M:%S"), **info})
+
+
+# ---------------------------------------------------------------------------------------------
+# Steps
+
+
+def prepare_tokenizer(plan: Plan) -> None:
+  """Train the tiny pipeline's BPE tokenizer on the WordNet corpus (a pod pipeline names Qwen3's instead)."""
+  if plan.cfg.tokenizer.path:
+    if not plan.tokenizer.exists():
+      raise FileNotFoundError(f"tokenizer.path={plan.tokenizer} does not exist")
+    return
+  if (plan.tokenizer / "tokenizer.json").is_file():
+    return
+  from pplx_jax.data import wordnet
+  from pplx_jax.tokenizers import train_byte_level_bpe
+  corpus = plan.data_dir / "wordnet.txt"
+  corpus.parent.mkdir(parents=True, exist_ok=True)
+  texts = list(wordnet.pretraining_texts())
+  corpus.write_text("\n".join(t.replace("\n", " ") for t in texts) + "\n")
+  _log(f"training a byte-level BPE tokenizer ({plan.cfg.tokenizer.vocab_size} ids) on {len(texts)} WordNet texts")
+  tmp = plan.tokenizer.with_name(plan.tokenizer.name + ".tmp")
+  shutil.rmtree(tmp, ignore_errors=True)
+  train_byte_level_bpe([str(corpus)], tmp, vocab_size=int(plan.cfg.tokenizer.vocab_size))
+  tmp.replace(plan.tokenizer)
+
+
+def _stage_inputs(plan: Plan, name: str, done_inputs: dict[str, dict]) -> dict:
+  parent = str(plan.cfg.stages[name].init_from)
+  return {"config": json.loads(config_lib.to_json(plan.stage_cfgs[name])),
+          "parent": _digest(done_inputs[parent]) if parent in done_inputs else parent}
+
+
+def run_stages(plan: Plan) -> dict[str, dict]:
+  from pplx_jax.train import stages
+  done: dict[str, dict] = {}
+  for name in plan.order:
+    inputs = _stage_inputs(plan, name, done)
+    out = plan.model_dir(name)
+    if _check_done(out, inputs, f"stage {name!r}"):
+      _log(f"stage {name}: already complete, skipped")
+    else:
+      _log(f"stage {name}: {plan.cfg.stages[name].config} from {plan.cfg.stages[name].init_from or 'random init'}")
+      t0 = time.time()
+      result = stages.run_stage(plan.stage_cfgs[name], out)
+      if _is_main():
+        _mark_done(out, inputs, step=int(result.step), seconds=round(time.time() - t0, 1))
+    done[name] = inputs
+  return done
+
+
+def merge_step(plan: Plan, done: dict[str, dict]) -> Path:
+  from pplx_jax.convert import merge
+  m = plan.cfg.merge
+  out = plan.model_dir(str(m.name))
+  inputs = {"a": _digest(done[str(m.a)]), "b": _digest(done[str(m.b)]), "t": float(m.t)}
+  if _check_done(out, inputs, "the merge"):
+    _log(f"merge: {out} already complete, skipped")
+  else:
+    shutil.rmtree(out, ignore_errors=True)  # a merge interrupted before its marker: redo it whole
+    _log(f"merge: SLERP({m.a}, {m.b}, t={m.t}) -> {out}")
+    merge.merge_checkpoints(plan.model_dir(str(m.a)), plan.model_dir(str(m.b)), float(m.t), out)
+    _mark_done(out, inputs)
+  done[str(m.name)] = inputs
+  return out
+
+
+def export_step(plan: Plan, done: dict[str, dict]) -> dict[str, Path]:
+  from pplx_jax.convert import convert
+  name = str(plan.cfg.export.model)
+  out = plan.work / "export"
+  inputs = {"model": _digest(done[name]), "formats": list(plan.cfg.export.formats)}
+  paths = {fmt: out / fmt for fmt in plan.cfg.export.formats}
+  if _check_done(out, inputs, "the export"):
+    _log(f"export: {out} already complete, skipped")
+    return paths
+  shutil.rmtree(out, ignore_errors=True)
+  fns = {"hf": convert.to_hf, "st": convert.to_st}
+  for fmt, path in paths.items():
+    if fmt not in fns:
+      raise ConfigError(f"export.formats has {fmt!r}; known: {sorted(fns)}")
+    fns[fmt](str(plan.model_dir(name)), str(path))
+    _log(f"export: {name} -> {path}")
+  _mark_done(out, inputs)
+  return paths
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation
+
+
+def _dims(plan: Plan) -> list[int | None]:
+  return [None if int(d) <= 0 else int(d) for d in plan.cfg.eval.dims]
+
+
+def _eval_sets(plan: Plan):
+  from pplx_jax.data import contextual as ctx_data
+  from pplx_jax.eval import retrieval
+  ev = plan.cfg.eval
+  retrieval_set = retrieval.load_eval_set(str(ev.data), str(ev.split),
+                                          max_queries=int(ev.max_queries) if int(ev.max_queries) > 0 else None,
+                                          max_docs=int(ev.max_docs) if int(ev.max_docs) > 0 else None)
+  contextual_set = None
+  if ev.contextual_data:
+    contextual_set = ctx_data.load_retrieval_set(
+        str(ev.contextual_data), str(ev.split),
+        max_docs=int(ev.contextual_max_docs) if int(ev.contextual_max_docs) > 0 else None)
+  return retrieval_set, contextual_set
+
+
+def evaluate_model(plan: Plan, name: str, sets) -> dict:
+  """Retrieval metrics (every dtype and Matryoshka prefix) and, for mean-pooled models, late chunking vs chunks
+  alone on the contextual set. Embeddings use the model's own pooling: the causal + last-token ablation differs."""
+  import jax
+
+  from pplx_jax import checkpoint as ckpt
+  from pplx_jax import sharding as shd
+  from pplx_jax.eval import contextual, retrieval
+  from pplx_jax.tokenizers import load_tokenizer
+  from pplx_jax.train.contrastive import embed_with_model
+  ev = plan.cfg.eval
+  (queries, docs, qrels), ctx = sets
+  t0 = time.time()
+  mesh = shd.make_mesh({"data": -1, "fsdp": 1, "tensor": 1}, jax.local_devices())
+  model, _, tok_dir = ckpt.load_model(str(plan.model_dir(name)), mesh=mesh, rules=shd.DEFAULT_RULES, remat="none")
+  tok = load_tokenizer(tok_dir)
+  out: dict[str, Any] = {"retrieval": {}}
+  with shd.activate(mesh, shd.DEFAULT_RULES):
+    emb = embed_with_model(model, tok, list(queries) + list(docs), plan.pooling(name), int(ev.max_length),
+                           int(ev.batch_size))
+    for dt in ev.dtypes:
+      out["retrieval"].update(retrieval.retrieval_scores(emb[:len(queries)], emb[len(queries):], qrels,
+                                                         tuple(ev.ks), str(dt), _dims(plan)))
+    if ctx is not None and plan.pooling(name) == "mean":
+      cq, cdocs, cqrels = ctx
+      out["contextual"] = contextual.evaluate_with_model(
+          model, tok, cq, cdocs, cqrels, list(ev.dtypes), (None,), tuple(ev.ks), batch_size=int(ev.batch_size),
+          max_length=int(ev.max_length), multiple=mesh.size)
+  out["seconds"] = round(time.time() - t0, 1)
+  return out
+
+
+def evaluate_baselines(plan: Plan, sets) -> dict:
+  from pplx_jax.eval import baselines, retrieval
+  from pplx_jax.eval.contextual import contextual_scores
+  ev = plan.cfg.eval
+  (queries, docs, qrels), ctx = sets
+  out: dict[str, dict] = {}
+  ks = tuple(ev.ks)
+  if "bm25" in ev.baselines:
+    res = {"retrieval": {f"bm25/full/{k}": v for k, v in retrieval.metrics_from_ranks(
+        retrieval.relevant_ranks(baselines.bm25_scores(queries, docs), retrieval.as_relevant(
+            qrels, len(queries), len(docs))), ks).items()}}
+    if ctx is not None:
+      cq, cdocs, cqrels = ctx
+      chunks = [c for d in cdocs for c in d]
+      # BM25 sees each chunk alone (its non-contextual row) and each chunk with its whole document's words.
+      whole = [" ".join(d) for d in cdocs for _ in d]
+      rel = retrieval.as_relevant(cqrels, len(cq), len(chunks))
+      res["contextual"] = {}
+      for mode, texts in (("non_contextual", chunks), ("contextual", whole)):
+        m = retrieval.metrics_from_ranks(retrieval.relevant_ranks(baselines.bm25_scores(cq, texts), rel), ks)
+        res["contextual"].update({f"{mode}/bm25/full/{k}": v for k, v in m.items()})
+    out["BM25"] = res
+  if "minilm" in ev.baselines:
+    path = baselines.minilm_path()
+    emb = baselines.sentence_transformer_embeddings(path, list(queries) + list(docs))
+    res = {"retrieval": {}}
+    for dt in ev.dtypes:
+      res["retrieval"].update(retrieval.retrieval_scores(emb[:len(queries)], emb[len(queries):], qrels, ks, str(dt)))
+    if ctx is not None:
+      cq, cdocs, cqrels = ctx
+      chunks = [c for d in cdocs for c in d]
+      e = baselines.sentence_transformer_embeddings(path, list(cq) + chunks)
+      plain = contextual_scores(e[:len(cq)], e[len(cq):], e[len(cq):], cqrels, list(ev.dtypes), (None,), ks)
+      res["contextual"] = {k: v for k, v in plain.items() if k.startswith("non_contextual/")}
+    out["MiniLM-L6-v2"] = res
+  return out
+
+
+def parity_step(plan: Plan, export: dict[str, Path], sets, own: dict) -> dict:
+  """The exported model scored by stock sentence-transformers and by mteb, against pplx-jax's own numbers."""
+  from pplx_jax.eval import baselines, retrieval
+  (queries, docs, qrels), _ = sets
+  out: dict[str, Any] = {"pplx-jax": own["retrieval"]["float32/full/ndcg@10"]}
+  if "st" in export:
+    from pplx_jax.embed import embed_texts
+    texts = list(queries) + list(docs)
+    emb = baselines.sentence_transformer_embeddings(str(export["st"]), texts)
+    st = retrieval.retrieval_scores(emb[:len(queries)], emb[len(queries):], qrels, tuple(plan.cfg.eval.ks))
+    out["sentence-transformers"] = st["float32/full/ndcg@10"]
+    sample = list(range(0, len(texts), max(1, len(texts) // 256)))
+    ours = embed_texts(str(plan.model_dir(str(plan.cfg.export.model))), [texts[i] for i in sample],
+                       max_length=int(plan.cfg.eval.max_length))
+    out["max_abs_embedding_diff"] = float(np.abs(emb[sample] - ours).max())
+    if plan.cfg.eval.mteb:
+      import mteb
+      from pplx_jax.eval import mteb_adapter
+      from sentence_transformers import SentenceTransformer
+      os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+      task = mteb_adapter.local_retrieval_task(list(queries), list(docs), qrels)
+      model = mteb.models.SentenceTransformerEncoderWrapper(SentenceTransformer(str(export["st"]), device="cpu"))
+      scores = mteb_adapter.task_scores(mteb.evaluate(model, task, cache=None))
+      out["mteb"] = float(scores["ndcg_at_10"])
+  return out
+
+
+def run_eval(plan: Plan, done: dict[str, dict], export: dict[str, Path]) -> dict:
+  ev_dir = plan.work / "eval"
+  ev_inputs = json.loads(config_lib.to_json(plan.cfg.eval))
+  sets = None
+  results: dict[str, Any] = {"models": {}, "baselines": {}}
+  for name in plan.models:
+    path = ev_dir / f"{name}.json"
+    inputs = {"model": _digest(done[name]), "eval": ev_inputs}
+    if path.is_file() and _read_json(path).get("inputs") == inputs:
+      results["models"][name] = _read_json(path)["results"]
+      continue
+    sets = sets or _eval_sets(plan)
+    _log(f"eval: {name}")
+    res = evaluate_model(plan, name, sets)
+    _write_json(path, {"inputs": inputs, "results": res})
+    results["models"][name] = res
+  path = ev_dir / "baselines.json"
+  if path.is_file() and _read_json(path).get("inputs") == ev_inputs:
+    results["baselines"] = _read_json(path)["results"]
+  else:
+    sets = sets or _eval_sets(plan)
+    _log(f"eval: baselines {list(plan.cfg.eval.baselines)}")
+    results["baselines"] = evaluate_baselines(plan, sets)
+    _write_json(path, {"inputs": ev_inputs, "results": results["baselines"]})
+  name = str(plan.cfg.export.model)
+  path = ev_dir / "parity.json"
+  inputs = {"model": _digest(done[name]), "eval": ev_inputs}
+  if path.is_file() and _read_json(path).get("inputs") == inputs:
+    results["parity"] = _read_json(path)["results"]
+  elif name in results["models"]:
+    sets = sets or _eval_sets(plan)
+    _log("eval: the export with stock sentence-transformers and mteb")
+    results["parity"] = parity_step(plan, export, sets, results["models"][name])
+    _write_json(path, {"inputs": inputs, "results": results["parity"]})
+    diffs = {k: abs(v - results["parity"]["pplx-jax"]) for k, v in results["parity"].items()
+             if k != "max_abs_embedding_diff"}
+    if max(diffs.values()) > float(plan.cfg.eval.parity_tolerance):
+      raise RuntimeError(f"the exported model's nDCG@10 differs between evaluators beyond "
+                         f"{plan.cfg.eval.parity_tolerance}: {results['parity']}")
+  return results
+
+
+# ---------------------------------------------------------------------------------------------
+# Entry point
+
+
+def run_pipeline(cfg: ml_collections.ConfigDict, workdir: str | os.PathLike) -> Path:
+  import jax
+  work = Path(workdir)
+  plan = Plan(cfg, work)
+  plan.validate(jax.device_count())  # every stage's sizes and keys checked before anything trains
+  work.mkdir(parents=True, exist_ok=True)
+  config_lib.save_config(cfg, work, "pipeline_config.json")
+  t0 = time.time()
+  prepare_tokenizer(plan)
+  done = run_stages(plan)
+  if not _is_main():  # on a pod every process trains; the merge, export, evaluation and report are process 0's
+    return work / "report.md"
+  merge_step(plan, done)
+  export = export_step(plan, done)
+  results = run_eval(plan, done, export)
+  from pplx_jax import report
+  path = report.write_pipeline_report(plan, results)
+  _log(f"done in {time.time() - t0:.0f} s; report: {path}")
+  return path
+
+
+def add_args(p) -> None:
+  p.add_argument("--config", required=True, help="a pipeline config, configs/pipeline/<name>.py[:arg]")
+  p.add_argument("--workdir", required=True, help="where every stage, the merge, the export and the report go")
+  p.add_argument("--force", action="store_true", help="delete the workdir first (start over)")
+
+
+def run(args) -> int:
+  os.environ.setdefault("HF_HUB_OFFLINE", "1")
+  os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+  cfg = config_lib.load_config(args.config, args.overrides)
+  if args.force and Path(args.workdir).exists():
+    shutil.rmtree(args.workdir)
+  run_pipeline(cfg, args.workdir)
+  return 0
