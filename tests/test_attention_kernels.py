@@ -89,3 +89,13 @@ def test_auto_dispatch_follows_the_target_platform():
   with shd.activate(mesh, shd.DEFAULT_RULES):
     assert attn.target_platform() == "tpu"
     assert attn.resolve_impl("auto", jnp.bfloat16) == "splash"
+    # auto on TPU falls back to the reference for lengths splash cannot tile (explicit "splash" raises instead)
+    def traced(s):
+      q = jax.ShapeDtypeStruct((8, s, N, H), jnp.bfloat16)
+      kv = jax.ShapeDtypeStruct((8, s, K, H), jnp.bfloat16)
+      seg = jax.ShapeDtypeStruct((8, s), jnp.int32)
+      return jax.jit(lambda *a: attn.dot_product_attention(*a, causal=False, impl="auto")).trace(
+          q, kv, kv, seg).jaxpr.pretty_print()
+
+    assert "pallas_call" in traced(128)
+    assert "pallas_call" not in traced(48) and "dot_general" in traced(48)

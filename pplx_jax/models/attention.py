@@ -13,7 +13,8 @@ Implementations:
   splash  TPU Pallas splash attention (a FullMask/CausalMask plus segment ids; no S×S array ever exists), run per
           device under `shard_map` over the batch and head mesh axes (a Pallas call cannot be auto-partitioned).
           Off TPU it runs in Pallas interpret mode (slow; for tests only).
-  auto    splash on TPU, cudnn on GPU with a 16-bit compute dtype, xla otherwise. The platform is the one the
+  auto    splash on TPU (xla for sequence lengths splash cannot tile), cudnn on GPU with a 16-bit compute dtype,
+          xla otherwise. The platform is the one the
           program is compiled for (the active mesh's), so an AOT compile for a TPU topology on a CPU host gets splash.
 """
 
@@ -64,7 +65,9 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids:
 
   Softmax runs in float32 whatever the compute dtype (as transformers' eager/SDPA paths do on CPU).
   """
-  impl = resolve_impl(impl, q.dtype)
+  requested, impl = impl, resolve_impl(impl, q.dtype)
+  if requested == "auto" and impl == "splash" and q.shape[1] % SPLASH_MIN_BLOCK:
+    impl = "xla"  # short unaligned rows (tiny configs, odd query lengths): the reference costs little there
   if impl == "xla":
     return _xla_attention(q, k, v, segment_ids, causal)
   if impl == "cudnn":
