@@ -27,11 +27,12 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
+DIFFUSION, CONTRASTIVE = "diffusion (seq 4096, batch 1024)", "contrastive (65,536 negatives, GradCache)"
 ROWS = {  # name -> (model, stage, config file)
-    "diffusion-0.6b": ("Qwen3-0.6B", "diffusion (seq 4096, batch 1024)", "configs/pretrain/qwen3_0_6b.py"),
-    "diffusion-4b": ("Qwen3-4B", "diffusion (seq 4096, batch 1024)", "configs/pretrain/qwen3_4b.py"),
-    "contrastive-0.6b": ("Qwen3-0.6B", "contrastive (65,536 negatives, GradCache)", "configs/contrastive/qwen3_0_6b.py"),
-    "contrastive-4b": ("Qwen3-4B", "contrastive (65,536 negatives, GradCache)", "configs/contrastive/qwen3_4b.py"),
+    "diffusion-0.6b": ("Qwen3-0.6B", DIFFUSION, "configs/pretrain/qwen3_0_6b.py"),
+    "diffusion-4b": ("Qwen3-4B", DIFFUSION, "configs/pretrain/qwen3_4b.py"),
+    "contrastive-0.6b": ("Qwen3-0.6B", CONTRASTIVE, "configs/contrastive/qwen3_0_6b.py"),
+    "contrastive-4b": ("Qwen3-4B", CONTRASTIVE, "configs/contrastive/qwen3_4b.py"),
 }
 PODS = ("v5p-64", "v5p-128", "v5p-256", "v6e-64", "v6e-256")
 # The targets (within 80 GiB per chip on v5p): compiled first.

@@ -90,3 +90,39 @@ def test_parse_oom_message():
                             "temporaries (122.16G) exceeds available HBM (15.75G).")
   assert need == pytest.approx(122.16) and cap == pytest.approx(15.75)
   assert aot.parse_oom("some other failure") is None
+
+
+def test_batch_shapes_match_what_the_pipelines_yield():
+  """The abstract batch the compile check lowers with is the batch training feeds (keys, shapes, dtypes)."""
+  from pplx_jax import config as config_lib
+  from pplx_jax.data import pairs, pipeline
+  from pplx_jax.train.contrastive import ContrastiveTask, PhasedPipeline
+  from pplx_jax.train.pretrain import PretrainTask
+
+  layout = lambda batch: {k: (tuple(v.shape), str(v.dtype)) for k, v in batch.items()}
+  cfg = config_lib.load_config(TINY_PRETRAIN)
+  task = PretrainTask.for_compile(cfg, config_lib.model_config(cfg))
+  assert layout(pipeline._Collate(4, int(cfg.data.seq_len), 0)([])) == task.batch_shapes(4)
+
+  class Tok:  # the collate step only needs ids and a pad id; texts and vocabulary do not change the layout
+    pad_id = 0
+
+    @staticmethod
+    def encode_batch(texts):
+      return [[1, 2, 3]] * len(texts)
+
+  recs = [{"query": "q", "positive": "p", "negatives": ["a", "b", "c"]}] * 4
+  for path in (TINY_PAIRS, str(ROOT / "configs/contrastive/tiny_triplet.py")):
+    cfg = config_lib.load_config(path)
+    task = ContrastiveTask.for_compile(cfg, config_lib.model_config(cfg))
+    d = cfg.data
+    collate = pairs._Collate([recs], Tok(), task.kind, int(d.query_len), int(d.doc_len), int(d.doc_len),
+                             int(d.num_negatives))
+
+    class Inner:
+      source_index = [0]
+
+      def __next__(self):
+        return collate([(0, i) for i in range(4)])
+
+    assert layout(next(PhasedPipeline(lambda phase: Inner(), [10]))) == task.batch_shapes(4), path
