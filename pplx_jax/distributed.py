@@ -145,14 +145,14 @@ def probe(address: str, timeout_s: float, interval_s: float = 0.25) -> None:
 
 def initialize(s: Settings | None = None, log=print) -> str:
   """Initialise JAX for this process as `s` (default: from the environment) says; returns what it did."""
+  s = settings() if s is None else s
+  if s.explicit and s.process_id != 0:  # process 0 serves the coordinator itself; probe before the slow jax import
+    probe(s.coordinator_address, s.timeout_s)
   import jax
 
-  s = settings() if s is None else s
   if s.local_devices is not None:
     jax.config.update("jax_num_cpu_devices", int(s.local_devices))
   if s.explicit:
-    if s.process_id != 0:  # process 0 serves the coordinator itself
-      probe(s.coordinator_address, s.timeout_s)
     log(f"[distributed] process {s.process_id} of {s.num_processes}, coordinator {s.coordinator_address}")
     jax.distributed.initialize(coordinator_address=s.coordinator_address, num_processes=s.num_processes,
                                process_id=s.process_id, initialization_timeout=max(int(s.timeout_s), 1))
