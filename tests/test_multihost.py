@@ -70,8 +70,9 @@ def run_two_processes(args, workdir, log_dir, timeout=240):
   cmd = [sys.executable, str(REPO / "launch/local.py"), "--processes", "2", "--devices", "4", "--init-timeout", "60",
          "--log-dir", str(log_dir), "--", *args, "--workdir", str(workdir)]
   out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout)
-  logs = "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in sorted(log_dir.glob("*.log")))
-  assert out.returncode == 0, f"launcher failed ({out.returncode}):\n{out.stderr[-2000:]}\n{logs}"
+  logs = [p.read_text() if p.exists() else "" for p in (log_dir / f"process_{i}.log" for i in range(2))]
+  tails = "\n".join(f"--- process {i}\n{text[-3000:]}" for i, text in enumerate(logs))
+  assert out.returncode == 0, f"launcher failed ({out.returncode}):\n{out.stderr[-2000:]}\n{tails}"
   return losses(workdir), logs
 
 
@@ -108,7 +109,8 @@ def test_pretrain_two_processes_equal_one_and_checkpoints_reshard(setup, tmp_pat
   # Written by process 0 only: one row per step (a second writer would append a second set).
   assert [m["step"] for m in read_jsonl(tmp_path / "two" / "metrics.jsonl") if "loss" in m] == [1, 2, 3, 4]
   assert_same_evals(evals(tmp_path / "one"), evals(tmp_path / "two"))  # every process evaluates all held-out rows
-  assert "process 1 of 2" in logs and "[pretrain] step 4" in logs
+  assert "process 1 of 2" in logs[1] and "[pretrain] step 4" in logs[0] and "[pretrain] step" not in logs[1]
+  assert len(list((tmp_path / "two" / "tensorboard").glob("events.out.tfevents.*"))) == 1
   np.testing.assert_allclose(two, one, rtol=1e-5)
   # One checkpoint per step, complete (no leftover temporary directories from a second writer).
   assert sorted(p.name for p in (tmp_path / "two" / "checkpoints").iterdir()) == ["2", "4"]
