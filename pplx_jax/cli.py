@@ -78,6 +78,8 @@ def _eval(args) -> int:
 
 
 def _pipeline(args) -> int:
+  from pplx_jax import distributed
+  distributed.initialize_from_args(args)  # every process of a pod runs the pipeline; process 0 also evaluates
   from pplx_jax import pipeline
   return pipeline.run(args)
 
@@ -146,6 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "(README's main command: configs/pipeline/tiny.py)")
   from pplx_jax.pipeline import add_args as pipeline_args
   pipeline_args(s)
+  distributed_args(s)
   s.set_defaults(fn=_pipeline)
   return p
 

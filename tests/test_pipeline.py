@@ -102,7 +102,8 @@ def test_pipeline_runs_resumes_after_a_kill_and_reports(tmp_path, wordnet_tokeni
   wordnet_tokenizer.save(tok)
   cfg = _tiny(max_queries=40, max_docs=150, contextual_max_docs=12, batch_size=32)
   fast = ("--config.train.steps=3", "--config.train.eval_every=3", "--config.train.checkpoint_every=3",
-          "--config.train.log_every=1", "--config.train.async_checkpointing=False")
+          "--config.train.log_every=1", "--config.train.async_checkpointing=False",
+          "--config.data.wordnet_limit=1500")
   with cfg.unlocked():
     cfg.tokenizer.path = str(tok)
     for name in cfg.order:
@@ -110,7 +111,7 @@ def test_pipeline_runs_resumes_after_a_kill_and_reports(tmp_path, wordnet_tokeni
                "contextual": ("--config.eval.max_docs=12", "--config.train.global_batch=8")}.get(
                    name, ("--config.eval.max_queries=40", "--config.eval.max_docs=150",
                           "--config.train.global_batch=8"))
-      cfg.stages[name].overrides = fast + extra
+      cfg.stages[name].overrides = tuple(cfg.stages[name].overrides) + fast + extra
   work = tmp_path / "run"
 
   real = stages.run_stage
@@ -157,7 +158,7 @@ def test_pipeline_runs_resumes_after_a_kill_and_reports(tmp_path, wordnet_tokeni
   pipeline.run_pipeline(cfg, work)
   assert calls == []
   with cfg.unlocked():
-    cfg.stages.pair.overrides = fast + ("--config.train.global_batch=16",)
+    cfg.stages.pair.overrides = tuple(cfg.stages.pair.overrides) + ("--config.train.global_batch=16",)
   with pytest.raises(ConfigError, match=r"stage 'pair'"):
     pipeline.run_pipeline(cfg, work)
 

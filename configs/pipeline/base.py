@@ -38,3 +38,21 @@ def base(configs: dict, pretrain_init: str = "", triplet_overrides=()) -> ml_col
       dtypes=("float32", "int8", "binary"), dims=(64, 128, 256, 512, -1), ks=(1, 10, 100),
       baselines=("bm25", "minilm"), mteb=True, parity_tolerance=1e-3, batch_size=64, max_length=512))
   return p
+
+
+# The triplet stage at paper scale is the pair config with the triplet objective and hard-negative data (§4.3).
+TRIPLET_OVERRIDES = ("--config.objective.kind=triplet", "--config.objective.use_qq=False",
+                     "--config.objective.margin=-1.0", "--config.data.sources=('REQUIRED: triplet dataset dir',)",
+                     "--config.data.phases=()")
+
+
+def paper_scale(size: str, name: str, target: str) -> ml_collections.ConfigDict:
+  """The pod pipeline of one Qwen3 size (`size` is the config-file suffix, `name` the Hugging Face name)."""
+  p = base({"pretrain": f"configs/pretrain/qwen3_{size}.py:{target}", "pair": f"configs/contrastive/qwen3_{size}.py",
+            "contextual": f"configs/contextual/qwen3_{size}.py", "triplet": f"configs/contrastive/qwen3_{size}.py"},
+           pretrain_init=f"REQUIRED: the {name} Hugging Face folder", triplet_overrides=TRIPLET_OVERRIDES)
+  p.tokenizer.path = f"REQUIRED: the {name} Hugging Face folder (tokenizer.json)"
+  p.eval.data = "REQUIRED: a held-out pairs dataset (prepared with pplx-jax prepare)"
+  p.eval.contextual_data = "REQUIRED: a held-out contextual dataset (ConTEB test sets prepared as documents)"
+  p.eval.dims = (64, 128, 256, 512, -1)
+  return p

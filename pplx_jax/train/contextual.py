@@ -41,7 +41,7 @@ def _dataset_dir(source: str, data: ml_collections.ConfigDict) -> Path:
   from pplx_jax.data import builders, contextual
   if source == "wordnet":
     return contextual.prepare_wordnet_contextual(data.dir, validation_fraction=float(data.validation_fraction),
-                                                 seed=int(data.split_seed))
+                                                 seed=int(data.split_seed), limit=int(data.wordnet_limit) or None)
   return builders.resolve_dataset_dir(source)
 
 
@@ -177,7 +177,8 @@ def default_objective_config() -> ml_collections.ConfigDict:
 def default_data_config() -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(dict(
       sources=("wordnet",), weights=(), dir="runs/data", tokenizer="", query_len=32, chunk_len=32, max_chunks=8,
-      validation_fraction=0.05, split_seed=0, shuffle_seed=0))
+      validation_fraction=0.05, split_seed=0, shuffle_seed=0,
+      wordnet_limit=0))  # source "wordnet": only the first N synsets' documents (quick runs and tests); 0 = all
 
 
 def default_eval_config() -> ml_collections.ConfigDict:

@@ -32,11 +32,12 @@ def _dataset_dir(source: str, kind: str, data: ml_collections.ConfigDict) -> Pat
   from pplx_jax.data import builders, pairs
   if source == "wordnet":
     return pairs.prepare_wordnet_pairs(data.dir, validation_fraction=float(data.validation_fraction),
-                                       seed=int(data.split_seed))
+                                       seed=int(data.split_seed), limit=int(data.wordnet_limit) or None)
   if source == "wordnet_triplets":
     from pplx_jax.data.wordnet_triplets import prepare_wordnet_triplets
     return prepare_wordnet_triplets(data.dir, validation_fraction=float(data.validation_fraction),
-                                    seed=int(data.split_seed), num_negatives=int(data.num_negatives))
+                                    seed=int(data.split_seed), num_negatives=int(data.num_negatives),
+                                    limit=int(data.wordnet_limit) or None)
   return builders.resolve_dataset_dir(source)
 
 
@@ -238,6 +239,7 @@ def default_data_config() -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(dict(
       sources=("wordnet",), dir="runs/data", tokenizer="", query_len=32, doc_len=64, num_negatives=3,
       validation_fraction=0.05, split_seed=0, shuffle_seed=0,
+      wordnet_limit=0,  # sources "wordnet" / "wordnet_triplets": only the first N synsets (quick runs); 0 = all
       # [{"until_step": N, "weights": [w per source]}, ...]; empty = one phase with equal weights.
       phases=()))
 

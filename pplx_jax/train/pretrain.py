@@ -41,7 +41,7 @@ def resolve_dataset(data: ml_collections.ConfigDict) -> Path:
   from pplx_jax.data import builders
   if data.source == "wordnet":
     return builders.prepare_wordnet(data.dir, validation_fraction=float(data.validation_fraction),
-                                    seed=int(data.split_seed))
+                                    seed=int(data.split_seed), limit=int(data.wordnet_limit) or None)
   return builders.resolve_dataset_dir(data.source)
 
 
@@ -145,6 +145,7 @@ def default_data_config() -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(dict(
       source="wordnet", dir="runs/data", tokenizer="", seq_len=128, validation_fraction=0.05, split_seed=0,
       shuffle_seed=0,
+      wordnet_limit=0,  # source "wordnet": keep only the first N synsets (quick runs and tests); 0 = all
       # Packing streams (data.pipeline.PackedStreams): fixed, so the global batch is the same for any process count;
       # a multiple of the process count dividing the global batch. 0 = gcd(global batch, 64).
       packing_streams=0))
