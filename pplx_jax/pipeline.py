@@ -104,6 +104,11 @@ class Plan:
 
   def validate(self, num_devices: int) -> None:
     from pplx_jax.train import trainer
+    missing = _placeholders(self.cfg.to_dict(), "config.")
+    for name, c in self.stage_cfgs.items():
+      missing += _placeholders(c.to_dict(), f"stage {name!r}: config.")
+    if missing:
+      raise ConfigError("values to set before this pipeline can run:\n  " + "\n  ".join(missing))
     for name, c in self.stage_cfgs.items():
       try:
         trainer.validate(c, num_devices)
@@ -116,6 +121,15 @@ class Plan:
   def pooling(self, name: str) -> str:
     c = self.stage_cfgs.get(name)
     return str(c.objective.get("pooling", "mean")) if c is not None and "objective" in c else "mean"
+
+
+def _placeholders(tree: Any, prefix: str) -> list[str]:
+  """`key = REQUIRED: ...` values the paper-scale configs leave for the user (data paths, weights)."""
+  if isinstance(tree, dict):
+    return [m for k, v in tree.items() for m in _placeholders(v, f"{prefix}{k}.")]
+  if isinstance(tree, (list, tuple)):
+    return [m for i, v in enumerate(tree) for m in _placeholders(v, f"{prefix}{i}.")]
+  return [f"{prefix[:-1]} = {tree!r}"] if isinstance(tree, str) and tree.startswith("REQUIRED") else []
 
 
 def _is_main() -> bool:

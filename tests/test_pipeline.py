@@ -177,3 +177,6 @@ def test_pod_pipelines_run_the_same_stages(tmp_path, name):
   assert plan.stage_cfgs["pretrain"].data.seq_len == 4096
   ab = plan.stage_cfgs["ablation_causal_last"]
   assert ab.model.attention == "causal" and ab.objective.pooling == "last"
+  # Data paths and weights the user must give are named before anything starts.
+  with pytest.raises(ConfigError, match=r"(?s)config.tokenizer.path = .*stage 'pair': config.data.sources.0"):
+    plan.validate(8)
