@@ -124,8 +124,9 @@ def render(results: dict, args, started: str, done: bool) -> str:
       "bidirectional attention) at 100% of the chip's bf16 peak (v5p 459, v6e 918 TFLOP/s): a floor, not a "
       "prediction.",
       "",
-      "Reproduce (one command; each cell is a 2-4 minute compile on an idle 2-core CPU, 15-20 minutes when the "
-      "machine is shared; `--jobs 2` overlaps two, `--reuse` keeps cells already compiled into runs/aot_table):",
+      "Reproduce (one command; a cell took 6-19 minutes to compile on this 2-core machine shared with other jobs, "
+      "load 8-13, the tiny configs ~20 s; `--jobs 2` overlaps two, `--reuse` keeps cells already compiled into "
+      "runs/aot_table):",
       "",
       "```bash",
       f".venv/bin/python benchmarks/aot_table.py --remat {args.remat} --jobs {args.jobs}",
