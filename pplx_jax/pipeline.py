@@ -76,11 +76,8 @@ class Plan:
       init = str(workdir / parent) if parent in cfg.stages else parent
       overrides = [f"--config.data.dir={self.data_dir}", f"--config.data.tokenizer={self.tokenizer}",
                    f"--config.train.init_from={init}"] + list(st.overrides)
-      path = Path(str(st.config).split(":")[0])
-      path = path if path.is_absolute() else REPO / path
-      spec = str(path) + (":" + str(st.config).split(":", 1)[1] if ":" in str(st.config) else "")
-      try:
-        stage_cfg = config_lib.load_config(spec, overrides)
+      try:  # relative to the repository; load_config splits a `path:arg` suffix itself
+        stage_cfg = config_lib.load_config(REPO / str(st.config), overrides)
       except ConfigError as e:
         raise ConfigError(f"pipeline stage {name!r} ({st.config}): {e}") from None
       self.stage_cfgs[name] = stage_cfg
@@ -242,43 +239,41 @@ def export_step(plan: Plan, done: dict[str, dict]) -> dict[str, Path]:
 # Evaluation
 
 
+def _positive(n) -> int | None:
+  """Config convention: a size <= 0 means "all" / "full"."""
+  return int(n) if int(n) > 0 else None
+
+
 def _dims(plan: Plan) -> list[int | None]:
-  return [None if int(d) <= 0 else int(d) for d in plan.cfg.eval.dims]
+  return [_positive(d) for d in plan.cfg.eval.dims]
 
 
 def _eval_sets(plan: Plan):
   from pplx_jax.data import contextual as ctx_data
   from pplx_jax.eval import retrieval
   ev = plan.cfg.eval
-  retrieval_set = retrieval.load_eval_set(str(ev.data), str(ev.split),
-                                          max_queries=int(ev.max_queries) if int(ev.max_queries) > 0 else None,
-                                          max_docs=int(ev.max_docs) if int(ev.max_docs) > 0 else None)
+  retrieval_set = retrieval.load_eval_set(str(ev.data), str(ev.split), max_queries=_positive(ev.max_queries),
+                                          max_docs=_positive(ev.max_docs))
   contextual_set = None
   if ev.contextual_data:
-    contextual_set = ctx_data.load_retrieval_set(
-        str(ev.contextual_data), str(ev.split),
-        max_docs=int(ev.contextual_max_docs) if int(ev.contextual_max_docs) > 0 else None)
+    contextual_set = ctx_data.load_retrieval_set(str(ev.contextual_data), str(ev.split),
+                                                 max_docs=_positive(ev.contextual_max_docs))
   return retrieval_set, contextual_set
 
 
 def evaluate_model(plan: Plan, name: str, sets) -> dict:
   """Retrieval metrics (every dtype and Matryoshka prefix) and, for mean-pooled models, late chunking vs chunks
   alone on the contextual set. Embeddings use the model's own pooling: the causal + last-token ablation differs."""
-  import jax
-
-  from pplx_jax import checkpoint as ckpt
+  from pplx_jax import embed_contextual
   from pplx_jax import sharding as shd
   from pplx_jax.eval import contextual, retrieval
-  from pplx_jax.tokenizers import load_tokenizer
   from pplx_jax.train.contrastive import embed_with_model
   ev = plan.cfg.eval
   (queries, docs, qrels), ctx = sets
   t0 = time.time()
-  mesh = shd.make_mesh({"data": -1, "fsdp": 1, "tensor": 1}, jax.local_devices())
-  model, _, tok_dir = ckpt.load_model(str(plan.model_dir(name)), mesh=mesh, rules=shd.DEFAULT_RULES, remat="none")
-  tok = load_tokenizer(tok_dir)
+  model, _, tok, mesh, rules = embed_contextual.load(str(plan.model_dir(name)))
   out: dict[str, Any] = {"retrieval": {}}
-  with shd.activate(mesh, shd.DEFAULT_RULES):
+  with shd.activate(mesh, rules):
     emb = embed_with_model(model, tok, list(queries) + list(docs), plan.pooling(name), int(ev.max_length),
                            int(ev.batch_size))
     for dt in ev.dtypes:
@@ -295,39 +290,37 @@ def evaluate_model(plan: Plan, name: str, sets) -> dict:
 
 def evaluate_baselines(plan: Plan, sets) -> dict:
   from pplx_jax.eval import baselines, retrieval
-  from pplx_jax.eval.contextual import contextual_scores
   ev = plan.cfg.eval
   (queries, docs, qrels), ctx = sets
-  out: dict[str, dict] = {}
   ks = tuple(ev.ks)
+  chunks = [c for d in ctx[1] for c in d] if ctx is not None else []
+
+  def bm25(qs, texts, relevant, prefix):
+    ranks = retrieval.relevant_ranks(baselines.bm25_scores(qs, texts), retrieval.as_relevant(relevant, len(qs),
+                                                                                             len(texts)))
+    return {f"{prefix}bm25/full/{k}": v for k, v in retrieval.metrics_from_ranks(ranks, ks).items()}
+
+  def dense(emb, n, relevant, prefix):
+    return {f"{prefix}{k}": v for dt in ev.dtypes
+            for k, v in retrieval.retrieval_scores(emb[:n], emb[n:], relevant, ks, str(dt)).items()}
+
+  out: dict[str, dict] = {}
   if "bm25" in ev.baselines:
-    res = {"retrieval": {f"bm25/full/{k}": v for k, v in retrieval.metrics_from_ranks(
-        retrieval.relevant_ranks(baselines.bm25_scores(queries, docs), retrieval.as_relevant(
-            qrels, len(queries), len(docs))), ks).items()}}
+    out["BM25"] = {"retrieval": bm25(queries, docs, qrels, "")}
     if ctx is not None:
       cq, cdocs, cqrels = ctx
-      chunks = [c for d in cdocs for c in d]
       # BM25 sees each chunk alone (its non-contextual row) and each chunk with its whole document's words.
       whole = [" ".join(d) for d in cdocs for _ in d]
-      rel = retrieval.as_relevant(cqrels, len(cq), len(chunks))
-      res["contextual"] = {}
-      for mode, texts in (("non_contextual", chunks), ("contextual", whole)):
-        m = retrieval.metrics_from_ranks(retrieval.relevant_ranks(baselines.bm25_scores(cq, texts), rel), ks)
-        res["contextual"].update({f"{mode}/bm25/full/{k}": v for k, v in m.items()})
-    out["BM25"] = res
+      out["BM25"]["contextual"] = {**bm25(cq, chunks, cqrels, "non_contextual/"),
+                                   **bm25(cq, whole, cqrels, "contextual/")}
   if "minilm" in ev.baselines:
     path = baselines.minilm_path()
     emb = baselines.sentence_transformer_embeddings(path, list(queries) + list(docs))
-    res = {"retrieval": {}}
-    for dt in ev.dtypes:
-      res["retrieval"].update(retrieval.retrieval_scores(emb[:len(queries)], emb[len(queries):], qrels, ks, str(dt)))
-    if ctx is not None:
-      cq, cdocs, cqrels = ctx
-      chunks = [c for d in cdocs for c in d]
-      e = baselines.sentence_transformer_embeddings(path, list(cq) + chunks)
-      plain = contextual_scores(e[:len(cq)], e[len(cq):], e[len(cq):], cqrels, list(ev.dtypes), (None,), ks)
-      res["contextual"] = {k: v for k, v in plain.items() if k.startswith("non_contextual/")}
-    out["MiniLM-L6-v2"] = res
+    out["MiniLM-L6-v2"] = {"retrieval": dense(emb, len(queries), qrels, "")}
+    if ctx is not None:  # MiniLM has no late chunking: chunks alone only
+      cq, _, cqrels = ctx
+      emb = baselines.sentence_transformer_embeddings(path, list(cq) + chunks)
+      out["MiniLM-L6-v2"]["contextual"] = dense(emb, len(cq), cqrels, "non_contextual/")
   return out
 
 
@@ -350,7 +343,6 @@ def parity_step(plan: Plan, export: dict[str, Path], sets, own: dict) -> dict:
       import mteb
       from pplx_jax.eval import mteb_adapter
       from sentence_transformers import SentenceTransformer
-      os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
       task = mteb_adapter.local_retrieval_task(list(queries), list(docs), qrels)
       model = mteb.models.SentenceTransformerEncoderWrapper(SentenceTransformer(str(export["st"]), device="cpu"))
       scores = mteb_adapter.task_scores(mteb.evaluate(model, task, cache=None))
@@ -358,45 +350,44 @@ def parity_step(plan: Plan, export: dict[str, Path], sets, own: dict) -> dict:
   return out
 
 
+def _cached(path: Path, inputs: dict, what: str, compute) -> Any:
+  """The results stored at `path` if they were computed from `inputs`; otherwise compute and store them."""
+  if path.is_file():
+    stored = _read_json(path)
+    if stored.get("inputs") == json.loads(json.dumps(inputs, sort_keys=True, default=str)):
+      return stored["results"]
+  _log(f"eval: {what}")
+  results = compute()
+  _write_json(path, {"inputs": inputs, "results": results})
+  return results
+
+
 def run_eval(plan: Plan, done: dict[str, dict], export: dict[str, Path]) -> dict:
   ev_dir = plan.work / "eval"
   ev_inputs = json.loads(config_lib.to_json(plan.cfg.eval))
   sets = None
-  results: dict[str, Any] = {"models": {}, "baselines": {}}
+
+  def eval_sets():  # loaded once, and only when something is not cached
+    nonlocal sets
+    sets = sets or _eval_sets(plan)
+    return sets
+
+  results: dict[str, Any] = {"models": {}}
   for name in plan.models:
-    path = ev_dir / f"{name}.json"
-    inputs = {"model": _digest(done[name]), "eval": ev_inputs}
-    if path.is_file() and _read_json(path).get("inputs") == inputs:
-      results["models"][name] = _read_json(path)["results"]
-      continue
-    sets = sets or _eval_sets(plan)
-    _log(f"eval: {name}")
-    res = evaluate_model(plan, name, sets)
-    _write_json(path, {"inputs": inputs, "results": res})
-    results["models"][name] = res
-  path = ev_dir / "baselines.json"
-  if path.is_file() and _read_json(path).get("inputs") == ev_inputs:
-    results["baselines"] = _read_json(path)["results"]
-  else:
-    sets = sets or _eval_sets(plan)
-    _log(f"eval: baselines {list(plan.cfg.eval.baselines)}")
-    results["baselines"] = evaluate_baselines(plan, sets)
-    _write_json(path, {"inputs": ev_inputs, "results": results["baselines"]})
+    results["models"][name] = _cached(ev_dir / f"{name}.json", {"model": _digest(done[name]), "eval": ev_inputs},
+                                      name, lambda: evaluate_model(plan, name, eval_sets()))
+  results["baselines"] = _cached(ev_dir / "baselines.json", ev_inputs, f"baselines {list(plan.cfg.eval.baselines)}",
+                                 lambda: evaluate_baselines(plan, eval_sets()))
   name = str(plan.cfg.export.model)
-  path = ev_dir / "parity.json"
-  inputs = {"model": _digest(done[name]), "eval": ev_inputs}
-  if path.is_file() and _read_json(path).get("inputs") == inputs:
-    results["parity"] = _read_json(path)["results"]
-  elif name in results["models"]:
-    sets = sets or _eval_sets(plan)
-    _log("eval: the export with stock sentence-transformers and mteb")
-    results["parity"] = parity_step(plan, export, sets, results["models"][name])
-    _write_json(path, {"inputs": inputs, "results": results["parity"]})
-    diffs = {k: abs(v - results["parity"]["pplx-jax"]) for k, v in results["parity"].items()
-             if k != "max_abs_embedding_diff"}
-    if max(diffs.values()) > float(plan.cfg.eval.parity_tolerance):
+  if name in results["models"]:
+    parity = results["parity"] = _cached(
+        ev_dir / "parity.json", {"model": _digest(done[name]), "eval": ev_inputs},
+        "the export with stock sentence-transformers and mteb",
+        lambda: parity_step(plan, export, eval_sets(), results["models"][name]))
+    diffs = [abs(v - parity["pplx-jax"]) for k, v in parity.items() if k != "max_abs_embedding_diff"]
+    if max(diffs) > float(plan.cfg.eval.parity_tolerance):  # checked on cached results too
       raise RuntimeError(f"the exported model's nDCG@10 differs between evaluators beyond "
-                         f"{plan.cfg.eval.parity_tolerance}: {results['parity']}")
+                         f"{plan.cfg.eval.parity_tolerance}: {parity}")
   return results
 
 

@@ -7,11 +7,17 @@ from pathlib import Path
 from pplx_jax.train.metrics import read_jsonl
 
 
-def plot_pretraining(workdir: str | Path, out: str | Path | None = None) -> Path:
-  """Training loss / masked CE and held-out masked CE at fixed mask ratios against the step."""
+def _pyplot():
+  """matplotlib.pyplot on the file-only Agg backend (no display on training hosts)."""
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
+  return plt
+
+
+def plot_pretraining(workdir: str | Path, out: str | Path | None = None) -> Path:
+  """Training loss / masked CE and held-out masked CE at fixed mask ratios against the step."""
+  plt = _pyplot()
 
   workdir = Path(workdir)
   rows = read_jsonl(workdir / "metrics.jsonl")
@@ -54,9 +60,7 @@ _HELD_OUT = ("eval/ce@0.5", "eval/contextual/float32/full/ndcg@10", "eval/float3
 
 def _plot_stage_losses(plan, out: Path) -> Path:
   """Per stage: the training loss (top) and its held-out metric from the in-training evaluation (bottom)."""
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  plt = _pyplot()
   names = list(plan.order)
   fig, axes = plt.subplots(2, len(names), figsize=(3.6 * len(names), 5.6), squeeze=False)
   for i, name in enumerate(names):
@@ -84,9 +88,7 @@ def _fmt(v) -> str:
 
 
 def _bar_plot(rows: list[tuple[str, dict[str, float]]], dtypes, out: Path) -> Path:
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  plt = _pyplot()
   import numpy as np
   fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(rows)), 3.6))
   x = np.arange(len(rows))
@@ -104,9 +106,7 @@ def _bar_plot(rows: list[tuple[str, dict[str, float]]], dtypes, out: Path) -> Pa
 
 
 def _matryoshka_plot(series: dict[str, list[tuple[int, float]]], out: Path) -> Path:
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  plt = _pyplot()
   fig, ax = plt.subplots(figsize=(6, 3.6))
   for name, pts in series.items():
     ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=name)
@@ -124,11 +124,11 @@ def write_pipeline_report(plan, results: dict) -> Path:
   """report.md (+ PNGs) in the pipeline workdir from the stages' metrics and the evaluation results."""
   import json
 
-  from pplx_jax.models.config import ModelConfig
+  from pplx_jax.pipeline import DONE
   work = plan.work
   ev = plan.cfg.eval
   dtypes = list(ev.dtypes)
-  lines = [f"# pplx-jax pipeline report", "",
+  lines = ["# pplx-jax pipeline report", "",
            f"Workdir `{work}`. Every number below is from this run; the evaluation is on held-out data "
            f"({ev.data} {ev.split}: at most {ev.max_queries} queries; contextual: {ev.contextual_data}, at most "
            f"{ev.contextual_max_docs} documents).", ""]
@@ -140,7 +140,7 @@ def write_pipeline_report(plan, results: dict) -> Path:
     d = plan.model_dir(name)
     rows = read_jsonl(d / "metrics.jsonl")
     train = [r for r in rows if "loss" in r]
-    done = json.loads((d / "pipeline_done.json").read_text()) if (d / "pipeline_done.json").is_file() else {}
+    done = json.loads((d / DONE).read_text()) if (d / DONE).is_file() else {}
     st = plan.cfg.stages[name]
     lines.append(f"| {name} | `{st.config}` | {st.init_from or 'random init'} | {done.get('step', '')} | "
                  f"{done.get('seconds', '')} | {_median(train, 'tokens_per_s'):.0f} | "
@@ -237,9 +237,9 @@ def write_pipeline_report(plan, results: dict) -> Path:
     lines += ["## The exported model, evaluated by others' code", "",
               f"`{plan.cfg.export.model}` exported to {', '.join(plan.cfg.export.formats)} in `export/`. "
               "float32 nDCG@10 on the retrieval set:", "", "| evaluator | nDCG@10 |", "|---|---:|"]
-    for k, v in results["parity"].items():
-      if k != "max_abs_embedding_diff":
-        lines.append(f"| {k} | {v:.6f} |")
+    for k in ("pplx-jax", "sentence-transformers", "mteb"):  # fixed order: cached results come back key-sorted
+      if k in results["parity"]:
+        lines.append(f"| {k} | {results['parity'][k]:.6f} |")
     if "max_abs_embedding_diff" in results["parity"]:
       lines += ["", "Largest absolute difference between the sentence-transformers embeddings and pplx-jax's of the "
                 f"same texts: {results['parity']['max_abs_embedding_diff']:.2e} (mteb reports scores rounded to 5 "
