@@ -45,6 +45,7 @@ def small(root, sources, config="configs/contrastive/tiny.py", **over):
       "--config.train.checkpoint_every=4", "--config.train.eval_every=0", "--config.train.log_every=1",
       "--config.optimizer.warmup_steps=1", "--config.train.async_checkpointing=False",
       "--config.objective.matryoshka_dims=(16, -1)", "--config.eval.dims=(16, -1)", "--config.eval.max_queries=50",
+      "--config.objective.margin=0.1", "--config.objective.use_qq=True",  # the paper's loss, off in tiny.py
   ] + [f"--config.{k}={v}" for k, v in over.items()]
   cfg = config_lib.load_config(REPO / config, overrides)
   cfg.data.sources = tuple(str(s) for s in sources)

@@ -55,6 +55,8 @@ def contrastive_args(root, lemma, steps=3):
           f"--config.data.sources=('{lemma}',)", "--config.data.query_len=8", "--config.data.doc_len=16",
           "--config.objective.matryoshka_dims=(16, -1)", "--config.eval.dims=(16, -1)", f"--config.train.steps={steps}",
           f"--config.train.checkpoint_every={steps}", f"--config.train.eval_every={steps}",
+          # the paper's full pair loss (the tiny config turns these off for quality at 64 dims)
+          "--config.objective.margin=0.1", "--config.objective.use_qq=True",
           "--config.eval.max_queries=40", "--config.eval.max_docs=100", "--config.eval.dtypes=('float32',)"
           ] + TINY_MODEL + COMMON
 

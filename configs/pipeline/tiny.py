@@ -1,4 +1,4 @@
-"""The README's main job: the whole recipe at tiny scale on the CPU, on Debian's WordNet (about 15 min, 2 cores)."""
+"""The README's main job: the whole recipe at tiny scale on the CPU, on Debian's WordNet (about 19 min on 2 cores)."""
 
 from configs.pipeline.base import base
 
