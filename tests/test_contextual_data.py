@@ -124,8 +124,11 @@ def test_wordnet_contextual_chunks_are_ambiguous_without_their_document(wn_docs)
   assert wc.ambiguity(wn_docs) > 0.3
   # co-hyponyms share the kind chunk, and their titles (the only naming chunk) differ
   titles = {r["doc_id"]: r["chunks"][0] for r in wn_docs}
-  kind = next(c for c in shared if c.startswith("It is a kind of"))
-  assert len({titles[d] for d in owners[kind]}) == len(owners[kind]) > 1
+  # (a few WordNet synsets have identical titles, so not every shared chunk has all-distinct ones; the set's order
+  # depends on the hash seed, so look at all of them rather than at whichever comes first)
+  kinds = sorted(c for c in shared if c.startswith("It is a kind of"))
+  distinct = [len({titles[d] for d in owners[k]}) == len(owners[k]) for k in kinds]
+  assert kinds and sum(distinct) > 0.9 * len(kinds)
 
 
 def test_wordnet_contextual_split_matches_other_wordnet_datasets(tmp_path):
