@@ -56,7 +56,7 @@ def parse_args(argv=None):
 
 
 def compile_cell(row: str, pod: str, remat: str, args) -> dict:
-  from pplx_jax import aot
+  from pplx_jax.stages import aot
   cfg_file = ROWS[row][2]
   _, gen = aot.resolve_topology(pod)
   budget = min(args.budget_gib, aot.CHIPS[gen][0])
@@ -112,15 +112,15 @@ def fmt_cell(r: dict | None) -> list[str]:
 
 
 def render(results: dict, args, started: str, done: bool) -> str:
-  from pplx_jax import aot
+  from pplx_jax.stages import aot
   lines = [
       "# TPU fit table: paper-scale stages compiled for TPU pods from a CPU",
       "",
-      "Produced by `pplx-jax aot` (pplx_jax/aot.py): the trainer's real train step (loss, GradCache, AdamW update, "
+      "Produced by `pplx-jax aot` (pplx_jax/stages/aot.py): the trainer's real train step (loss, GradCache, AdamW update, "
       "donated buffers; the config's mesh, sharding rules and remat policy) compiled by libtpu's XLA:TPU compiler for "
       "abstract TPU devices on a CPU machine. HBM is per chip from `memory_analysis()`; a cell that XLA:TPU refuses "
       "(out of HBM) reports the size from its error. Budget: 80 GiB per chip on v5p (>= 15% headroom on 95 GiB), "
-      "the full 32 GiB on v6e. Step time = model FLOPs per chip (pplx_jax/train/flops.py: 3 x forward, full "
+      "the full 32 GiB on v6e. Step time = model FLOPs per chip (pplx_jax/stages/flops.py: 3 x forward, full "
       "bidirectional attention) at 100% of the chip's bf16 peak (v5p 459, v6e 918 TFLOP/s): a floor, not a "
       "prediction.",
       "",

@@ -124,16 +124,16 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 from flax import nnx  # noqa: E402
-
 from machine import describe_machine, load_average  # noqa: E402  (benchmarks/machine.py)
-from pplx_jax import sharding  # noqa: E402
-from pplx_jax.models import qwen3  # noqa: E402
-from pplx_jax.models.config import ModelConfig  # noqa: E402
+
+from pplx_jax.core import sharding  # noqa: E402
+from pplx_jax.core.model_config import ModelConfig  # noqa: E402
+from pplx_jax.models import encoder  # noqa: E402
 from pplx_jax.objectives import contrastive, gradcache  # noqa: E402
-from pplx_jax.train import optimizer as optimizer_lib  # noqa: E402
+from pplx_jax.stages import optimizer as optimizer_lib  # noqa: E402
 
 RULES = sharding.DEFAULT_RULES
-TOWERS = {"q": ("q_ids", "q_mask"), "d": ("d_ids", "d_mask")}  # the pair stage (pplx_jax.train.contrastive.TOWERS)
+TOWERS = {k: gradcache.TOWERS[k] for k in ("q", "d")}  # the pair stage: no hard-negative tower
 TEMPERATURE, MARGIN = 0.02, 0.1  # contrastive.default_objective_config()
 
 
@@ -157,7 +157,7 @@ def model_config(name: str, dtype: str, remat: str, layers: int | None) -> Model
 
 def abstract_params(cfg: ModelConfig, mesh):
   """(graphdef, pure dict of sharded ShapeDtypeStructs): no parameter is ever allocated."""
-  graphdef, state = nnx.split(qwen3.abstract_model(cfg))
+  graphdef, state = nnx.split(encoder.abstract_model(cfg))
   shards = nnx.to_pure_dict(sharding.param_shardings(state, mesh, RULES))
   shapes = nnx.to_pure_dict(state)
   return graphdef, jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shards)
@@ -408,7 +408,7 @@ def run_time(args) -> dict:
                     compute_dtype=args.time_dtype, remat="none", max_position_embeddings=max(64, args.time_seq))
   objective = contrastive.pair_objective(TEMPERATURE, margin=MARGIN, use_qq=not args.no_qq)
   with sharding.activate(mesh, RULES):
-    model = qwen3.create_model(cfg, seed=0)
+    model = encoder.create_model(cfg, seed=0)
   graphdef, state = nnx.split(model)
   params = nnx.to_pure_dict(state)
   rng = np.random.RandomState(0)

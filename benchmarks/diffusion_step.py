@@ -22,7 +22,7 @@ What is timed, per shape, in one process:
     asserted equal.
 On CPU the steps are interleaved (JAX step, torch step, JAX matmul, torch matmul, ...) so that all columns see the
 same machine load; on GPU (or with --sequential) torch runs first and is freed, then JAX. Each column is the median
-of the timed steps. Model FLOPs per step: `pplx_jax.train.flops.train_flops_per_token` (3 x forward, LM head
+of the timed steps. Model FLOPs per step: `pplx_jax.stages.flops.train_flops_per_token` (3 x forward, LM head
 included; remat recomputation is not counted). The matmul peak is the median of one square float32 2048 matmul
 timed between the steps (the same load as the steps); best-of peaks (1024 and 2048, before and after) are printed
 too. On GPU the MFU is relative to the spec-sheet peak (`flops.device_peak_flops()`).
@@ -146,15 +146,15 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 from flax import nnx  # noqa: E402
-
 from machine import describe_machine, load_average  # noqa: E402  (benchmarks/machine.py)
+
+from pplx_jax.core.model_config import ModelConfig  # noqa: E402
 from pplx_jax.models import attention as attn_lib  # noqa: E402
-from pplx_jax.models import qwen3  # noqa: E402
-from pplx_jax.models.config import ModelConfig  # noqa: E402
+from pplx_jax.models import encoder  # noqa: E402
 from pplx_jax.objectives import diffusion  # noqa: E402
-from pplx_jax.train import flops as flops_lib  # noqa: E402
-from pplx_jax.train.optimizer import default_config as optimizer_config  # noqa: E402
-from pplx_jax.train.optimizer import global_norm, make_optimizer  # noqa: E402
+from pplx_jax.stages import flops as flops_lib  # noqa: E402
+from pplx_jax.stages.optimizer import default_config as optimizer_config  # noqa: E402
+from pplx_jax.stages.optimizer import global_norm, make_optimizer  # noqa: E402
 
 try:
   import torch
@@ -200,7 +200,13 @@ def grouped_attention(q, k, v, segment_ids, causal):
 def bsd_decoder_layer(p, x, cos, sin, segment_ids, cfg):
   """qwen3.decoder_layer before flattening the tokens: [B, S, D] einsums, whose weight gradients contract two dims
   (b, s) — kept to measure what the flattening gained."""
-  from pplx_jax.models.qwen3 import apply_rope, checkpoint_name, constrain, rms_norm, to_dtype
+  from pplx_jax.models.encoder import (
+    apply_rope,
+    checkpoint_name,
+    constrain,
+    rms_norm,
+    to_dtype,
+  )
   cdt = to_dtype(cfg.compute_dtype)
   w = lambda name: p[name].astype(cdt)
   h = rms_norm(x, p["input_layernorm"], cfg.rms_norm_eps)
@@ -220,7 +226,13 @@ def bsd_decoder_layer(p, x, cos, sin, segment_ids, cfg):
 def flatcat_decoder_layer(p, x, cos, sin, segment_ids, cfg):
   """flat_decoder_layer with q|k|v and gate|up concatenated into one matmul each (fewer, larger GEMMs; the weights
   are concatenated per step, their gradients split)."""
-  from pplx_jax.models.qwen3 import apply_rope, checkpoint_name, constrain, rms_norm, to_dtype
+  from pplx_jax.models.encoder import (
+    apply_rope,
+    checkpoint_name,
+    constrain,
+    rms_norm,
+    to_dtype,
+  )
   cdt = to_dtype(cfg.compute_dtype)
   w = lambda name: p[name].astype(cdt)
   b, s, d = x.shape
@@ -266,7 +278,7 @@ class _Unstacked:
     return self.parts[i]
 
 
-_library_arrays = qwen3.DecoderLayers.arrays
+_library_arrays = encoder.DecoderLayers.arrays
 
 
 def _unstacked_arrays(self):
@@ -280,10 +292,10 @@ class patched:
     self.attn, self.ce, self.layer, self.unstack = attn, ce, layer, unstack
 
   def __enter__(self):
-    self._saved = (attn_lib._xla_attention, diffusion.masked_diffusion_loss, qwen3.decoder_layer,
-                   qwen3.DecoderLayers.arrays)
+    self._saved = (attn_lib._xla_attention, diffusion.masked_diffusion_loss, encoder.decoder_layer,
+                   encoder.DecoderLayers.arrays)
     if self.unstack:  # only meaningful with scan_layers=False
-      qwen3.DecoderLayers.arrays = _unstacked_arrays
+      encoder.DecoderLayers.arrays = _unstacked_arrays
     if self.attn == "grouped":
       attn_lib._xla_attention = grouped_attention
     elif self.attn == "cudnn":
@@ -291,13 +303,13 @@ class patched:
     if self.ce == "plain":
       diffusion.masked_diffusion_loss = plain_masked_diffusion_loss
     if self.layer == "bsd":
-      qwen3.decoder_layer = bsd_decoder_layer
+      encoder.decoder_layer = bsd_decoder_layer
     elif self.layer == "flatcat":
-      qwen3.decoder_layer = flatcat_decoder_layer
+      encoder.decoder_layer = flatcat_decoder_layer
 
   def __exit__(self, *exc):
-    (attn_lib._xla_attention, diffusion.masked_diffusion_loss, qwen3.decoder_layer,
-     qwen3.DecoderLayers.arrays) = self._saved
+    (attn_lib._xla_attention, diffusion.masked_diffusion_loss, encoder.decoder_layer,
+     encoder.DecoderLayers.arrays) = self._saved
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -335,7 +347,7 @@ class JaxStep:
     self.opts = dict(opts)
     self.cfg = model_config(shape, opts)
     self.obj = objective_config(shape, opts)
-    model = qwen3.create_model(self.cfg, seed=seed)
+    model = encoder.create_model(self.cfg, seed=seed)
     graphdef, state = nnx.split(model)
     params = nnx.to_pure_dict(state)
     del model, state
@@ -589,7 +601,7 @@ def check_variant(shape, opts):
   batch = {k: jnp.asarray(v) for k, v in make_batch(small).items()}
   cfg = model_config(small, dict(opts, remat="none"))
   obj = objective_config(small, dict(opts, ce_chunk=max(small["seq"] // 2, 1)))
-  graphdef, state = nnx.split(qwen3.create_model(cfg))
+  graphdef, state = nnx.split(encoder.create_model(cfg))
   params = nnx.to_pure_dict(state)
   rng = jax.random.key(3)
   outs = {}

@@ -5,7 +5,7 @@ def _skip_absent_tpu() -> None:
   # libtpu (the `tpu-aot` extra, for `pplx-jax aot`) makes every JAX process look for TPU chips and print a page of
   # TPU-initialisation errors on machines without one. Where there is no Google PCI device (TPU chips are) and no
   # GPU plugin, use the CPU backend only; compiling for TPU topologies (jax.experimental.topologies) does not need
-  # the TPU backend. Decided without importing jax, so `pplx_jax.distributed` can still probe a coordinator first.
+  # the TPU backend. Decided without importing jax, so `pplx_jax.core.distributed` can still probe a coordinator first.
   import glob
   import importlib.util
   import os

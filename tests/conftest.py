@@ -26,7 +26,7 @@ WORDNET_LINES = 3000
 @pytest.fixture(scope="session")
 def wordnet_corpus(tmp_path_factory):
   """Real text: the first few thousand WordNet documents (fails, never skips, without wordnet-base)."""
-  from pplx_jax.data import wordnet
+  from pplx_jax.data.sources import wordnet
   path = tmp_path_factory.mktemp("corpus") / "wordnet.txt"
   texts = []
   for t in wordnet.pretraining_texts():
@@ -40,5 +40,5 @@ def wordnet_corpus(tmp_path_factory):
 @pytest.fixture(scope="session")
 def wordnet_tokenizer(tmp_path_factory, wordnet_corpus):
   """A Qwen3-style byte-level BPE trained on real WordNet text."""
-  from pplx_jax.tokenizers import train_byte_level_bpe
+  from pplx_jax.core.tokenizers import train_byte_level_bpe
   return train_byte_level_bpe([str(wordnet_corpus)], tmp_path_factory.mktemp("tok"), vocab_size=512)

@@ -7,7 +7,8 @@ import re
 
 import pytest
 
-from pplx_jax import aot, cli
+from pplx_jax import cli
+from pplx_jax.stages import aot
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
 TINY_PRETRAIN = str(ROOT / "configs/pretrain/tiny.py")
@@ -94,15 +95,17 @@ def test_parse_oom_message():
 
 def test_batch_shapes_match_what_the_pipelines_yield():
   """The abstract batch the compile check lowers with is the batch training feeds (keys, shapes, dtypes)."""
-  from pplx_jax import config as config_lib
-  from pplx_jax.data import pairs, pipeline
-  from pplx_jax.train.contrastive import ContrastiveTask, PhasedPipeline
-  from pplx_jax.train.pretrain import PretrainTask
+  from pplx_jax.core import config as config_lib
+  from pplx_jax.data.loader import PhasedPipeline
+  from pplx_jax.stages.contrastive import data as pair_data
+  from pplx_jax.stages.contrastive.task import ContrastiveTask
+  from pplx_jax.stages.pretrain import data as pretrain_data
+  from pplx_jax.stages.pretrain.task import PretrainTask
 
   layout = lambda batch: {k: (tuple(v.shape), str(v.dtype)) for k, v in batch.items()}
   cfg = config_lib.load_config(TINY_PRETRAIN)
   task = PretrainTask.for_compile(cfg, config_lib.model_config(cfg))
-  assert layout(pipeline._Collate(4, int(cfg.data.seq_len), 0)([])) == task.batch_shapes(4)
+  assert layout(pretrain_data._Collate(4, int(cfg.data.seq_len), 0)([])) == task.batch_shapes(4)
 
   class Tok:  # the collate step only needs ids and a pad id; texts and vocabulary do not change the layout
     pad_id = 0
@@ -116,7 +119,7 @@ def test_batch_shapes_match_what_the_pipelines_yield():
     cfg = config_lib.load_config(path)
     task = ContrastiveTask.for_compile(cfg, config_lib.model_config(cfg))
     d = cfg.data
-    collate = pairs._Collate([recs], Tok(), task.kind, int(d.query_len), int(d.doc_len), int(d.doc_len),
+    collate = pair_data._Collate([recs], Tok(), task.kind, int(d.query_len), int(d.doc_len), int(d.doc_len),
                              int(d.num_negatives))
 
     class Inner:

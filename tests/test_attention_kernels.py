@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pplx_jax import sharding as shd
+from pplx_jax.core import sharding as shd
 from pplx_jax.models import attention as attn
 
 B, S, N, K, H = 4, 256, 4, 2, 32
@@ -83,7 +83,7 @@ def test_splash_rejects_unaligned_sequence():
 def test_auto_dispatch_follows_the_target_platform():
   assert attn.resolve_impl("auto", jnp.bfloat16) == "xla"  # this CPU
   assert attn.resolve_impl("splash") == "splash"
-  from pplx_jax import aot
+  from pplx_jax.stages import aot
   devices, _, _ = aot.topology_devices("v5e:2x2")
   mesh = shd.make_mesh({"fsdp": -1}, devices)
   with shd.activate(mesh, shd.DEFAULT_RULES):

@@ -4,9 +4,9 @@ import json
 
 import pytest
 
-from pplx_jax import config as config_lib
-from pplx_jax import sharding as shd
-from pplx_jax.models.config import ModelConfig
+from pplx_jax.core import config as config_lib
+from pplx_jax.core import sharding as shd
+from pplx_jax.core.model_config import ModelConfig
 
 
 def test_model_config_files_load_and_validate():
@@ -71,7 +71,7 @@ def test_save_config_round_trips(tmp_path):
 
 
 def test_paper_scale_pretrain_configs_validate_for_their_targets():
-  from pplx_jax.train import trainer
+  from pplx_jax.stages import trainer
   for path, targets in (("configs/pretrain/qwen3_0_6b.py", {"v5p-128": 64, "v6e-256": 256, "8xh100": 8}),
                         ("configs/pretrain/qwen3_4b.py", {"v5p-256": 128, "v6e-256": 256, "8xh100": 8})):
     for target, chips in targets.items():

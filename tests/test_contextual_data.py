@@ -7,10 +7,13 @@ import json
 import numpy as np
 import pytest
 
-from pplx_jax.data import builders, wordnet
-from pplx_jax.data import contextual as cx
-from pplx_jax.data import wordnet_contextual as wc
-from pplx_jax.data.text import DataError
+from pplx_jax.data import prepared
+from pplx_jax.data.records import DataError
+from pplx_jax.data.sources import wordnet
+from pplx_jax.stages.contextual import data as ctx_data
+from pplx_jax.stages.contextual import evalset as ctx_evalset
+from pplx_jax.stages.contextual import prepare as ctx_prepare
+from pplx_jax.stages.contextual import wordnet_docs as wc
 
 
 def _doc(i, n=3):
@@ -30,15 +33,15 @@ def test_prepare_jsonl_and_parquet_round_trip(tmp_path):
   jsonl = _write(tmp_path / "docs.jsonl", docs)
   pq.write_table(pa.Table.from_pylist(docs), tmp_path / "docs.parquet")
   for src, name in ((jsonl, "cj"), (tmp_path / "docs.parquet", "cp")):
-    out = cx.prepare_contextual(str(src), tmp_path / "data", name=name, validation_fraction=0.2)
-    sizes = builders.split_sizes(out)
+    out = ctx_prepare.prepare_contextual(str(src), tmp_path / "data", name=name, validation_fraction=0.2)
+    sizes = prepared.split_sizes(out)
     assert sizes["train"] + sizes.get("validation", 0) == 40 and sizes.get("validation", 0) > 0
-    got = cx.read_documents(out, "train") + cx.read_documents(out, "validation")
+    got = ctx_evalset.read_documents(out, "train") + ctx_evalset.read_documents(out, "validation")
     assert sorted(got, key=lambda r: r["doc_id"]) == sorted(docs, key=lambda r: r["doc_id"])
     # the same call again reuses the dataset; other parameters into the same place is an error
-    assert cx.prepare_contextual(str(src), tmp_path / "data", name=name, validation_fraction=0.2) == out
+    assert ctx_prepare.prepare_contextual(str(src), tmp_path / "data", name=name, validation_fraction=0.2) == out
     with pytest.raises(FileExistsError):
-      cx.prepare_contextual(str(src), tmp_path / "data", name=name, validation_fraction=0.3)
+      ctx_prepare.prepare_contextual(str(src), tmp_path / "data", name=name, validation_fraction=0.3)
 
 
 BAD = [
@@ -59,7 +62,7 @@ def test_bad_record_names_file_and_line(tmp_path, line, reason):
   path = tmp_path / "docs.jsonl"
   path.write_text(json.dumps(_doc(0)) + "\n" + line + "\n")
   with pytest.raises(DataError, match=r"docs\.jsonl:2: ") as e:
-    cx.prepare_contextual(str(path), tmp_path / "data")
+    ctx_prepare.prepare_contextual(str(path), tmp_path / "data")
   assert e.value.reason == reason and e.value.line == 2
   assert not (tmp_path / "data" / "contextual").exists()  # nothing written
 
@@ -68,10 +71,10 @@ def test_bad_records_skipped_and_counted(tmp_path):
   lines = [json.dumps(_doc(i)) for i in range(30)] + [line for line, _ in BAD]
   path = tmp_path / "docs.jsonl"
   path.write_bytes("\n".join(lines).encode() + b"\n\xff\xfe\n")
-  out = cx.prepare_contextual(str(path), tmp_path / "data", on_error="skip", validation_fraction=0.1)
-  meta = builders.dataset_metadata(out)
+  out = ctx_prepare.prepare_contextual(str(path), tmp_path / "data", on_error="skip", validation_fraction=0.1)
+  meta = prepared.dataset_metadata(out)
   assert sum(meta["skipped"].values()) == len(BAD) + 1 and meta["skipped"]["invalid_utf8"] == 1
-  assert sum(builders.split_sizes(out).values()) == 30
+  assert sum(prepared.split_sizes(out).values()) == 30
 
 
 def test_prepare_cli_contextual(tmp_path, capsys):
@@ -99,7 +102,7 @@ def test_wordnet_contextual_is_deterministic_and_well_formed(wn_docs):
   assert len(wn_docs) > 2000
   for r in wn_docs:
     assert 4 <= len(r["chunks"]) <= 6 and r["queries"]
-    assert cx.validate(r, "wn", 0) == r  # what prepare would accept
+    assert ctx_prepare.validate(r, "wn", 0) == r  # what prepare would accept
     title = r["chunks"][0]
     name = r["queries"][0]["text"]
     for q in r["queries"]:
@@ -132,9 +135,9 @@ def test_wordnet_contextual_chunks_are_ambiguous_without_their_document(wn_docs)
 
 
 def test_wordnet_contextual_split_matches_other_wordnet_datasets(tmp_path):
-  out = cx.prepare_wordnet_contextual(tmp_path, limit=600)
+  out = ctx_prepare.prepare_wordnet_contextual(tmp_path, limit=600)
   for split in ("train", "validation"):
-    for r in cx.read_documents(out, split):
+    for r in ctx_evalset.read_documents(out, split):
       assert wordnet.split_of(r["doc_id"], 0.05, 0) == split
 
 
@@ -142,10 +145,10 @@ def test_retrieval_set_flattens_chunks_and_merges_identical_queries():
   recs = [{"doc_id": "a", "chunks": ["a0", "a1"], "queries": [{"text": "q", "chunk": 1}, {"text": "r", "chunk": 0}]},
           {"doc_id": "b", "chunks": ["b0", "b1", "b2"], "queries": [{"text": "q", "chunk": 2}]},
           {"doc_id": "c", "chunks": ["c0"], "queries": []}]
-  queries, docs, qrels = cx.retrieval_set(recs)
+  queries, docs, qrels = ctx_evalset.retrieval_set(recs)
   assert queries == ["q", "r"] and docs == [["a0", "a1"], ["b0", "b1", "b2"], ["c0"]]
   assert qrels == [[1, 4], [0]]
-  q2, d2, r2 = cx.retrieval_set(recs, max_docs=2, sample_seed=1)
+  q2, d2, r2 = ctx_evalset.retrieval_set(recs, max_docs=2, sample_seed=1)
   assert len(d2) == 2 and all(0 <= i < sum(map(len, d2)) for r in r2 for i in r)
 
 
@@ -154,20 +157,20 @@ def test_retrieval_set_flattens_chunks_and_merges_identical_queries():
 
 def test_layout_keeps_gold_and_fits():
   chunks = [[1] * 5, [2] * 40, [3] * 3, [4] * 2, [5] * 7]
-  ids, spans, n, gold = cx.layout_document(chunks, 4, sep_id=9, max_chunks=3, chunk_len=8)
+  ids, spans, n, gold = ctx_data.layout_document(chunks, 4, sep_id=9, max_chunks=3, chunk_len=8)
   assert n == 3 and gold == 2  # chunks 2, 3, 4 kept
   assert ids == [3] * 3 + [9] + [4] * 2 + [9] + [5] * 7 and spans == [1] * 3 + [0] + [2] * 2 + [0] + [3] * 7
-  ids, spans, n, gold = cx.layout_document(chunks, 1, sep_id=9, max_chunks=8, chunk_len=8)
+  ids, spans, n, gold = ctx_data.layout_document(chunks, 1, sep_id=9, max_chunks=8, chunk_len=8)
   assert n == 5 and gold == 1 and len(ids) <= 8 * 9 - 1 and spans.count(2) == 8  # the long chunk truncated
 
 
 def test_pipeline_batches_are_deterministic_and_resume(tmp_path, wordnet_tokenizer):
-  out = cx.prepare_wordnet_contextual(tmp_path, limit=300)
-  src = builders.load_split(out, "train")
+  out = ctx_prepare.prepare_wordnet_contextual(tmp_path, limit=300)
+  src = prepared.load_split(out, "train")
   sep = wordnet_tokenizer.token_to_id("<|endoftext|>")
 
   def make():
-    return cx.ContextualPipeline(src, wordnet_tokenizer, 8, sep_id=sep, query_len=12, chunk_len=16, max_chunks=6,
+    return ctx_data.ContextualPipeline(src, wordnet_tokenizer, 8, sep_id=sep, query_len=12, chunk_len=16, max_chunks=6,
                                  seed=3, shard_index=0, shard_count=1)
 
   a = make()

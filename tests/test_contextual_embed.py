@@ -7,9 +7,11 @@ import jax
 import numpy as np
 import pytest
 
-from pplx_jax import cli, embed, embed_contextual
-from pplx_jax import late_chunking as lc
-from pplx_jax.data import wordnet_contextual as wc
+from pplx_jax import cli
+from pplx_jax.inference import contextual as embed_contextual
+from pplx_jax.inference import embed
+from pplx_jax.models import late_chunking as lc
+from pplx_jax.stages.contextual import wordnet_docs as wc
 
 
 @pytest.fixture(scope="module")
@@ -37,8 +39,8 @@ def _write_docs(path, docs):
 
 def _reference(model_dir, docs, max_length):
   """Per document, unbatched and unsharded: plan its windows, run each window alone, mean each chunk's span."""
-  from pplx_jax import checkpoint as ckpt
-  from pplx_jax.tokenizers import load_tokenizer
+  from pplx_jax.convert import load as ckpt
+  from pplx_jax.core.tokenizers import load_tokenizer
   model, _, tok_dir = ckpt.load_model(model_dir, compute_dtype="float32")
   tok = load_tokenizer(tok_dir)
   sep = embed_contextual.separator_id(tok)
@@ -112,10 +114,10 @@ def test_bad_document_lines_name_file_and_line(content, pattern, tmp_path, capsy
 def test_pytorch_contextual_embed_equals_cli(model_dir, docs, tmp_path):
   from transformers import AutoModel, AutoTokenizer
 
-  from pplx_jax.convert import convert
+  from pplx_jax.convert import formats
   from pplx_jax.convert.torch_contextual import contextual_embed
   hf_dir = tmp_path / "hf"
-  convert.to_hf(model_dir, hf_dir)
+  formats.to_hf(model_dir, hf_dir)
   model = AutoModel.from_pretrained(hf_dir, local_files_only=True).eval()
   tok = AutoTokenizer.from_pretrained(hf_dir, local_files_only=True)
   inp = _write_docs(tmp_path / "docs.jsonl", docs)
@@ -148,7 +150,7 @@ def test_eval_contextual_on_a_document_file(model_dir, tmp_path):
   recs = list(wc.documents(limit=400))[:30]
   path = tmp_path / "docs.jsonl"
   path.write_text("".join(json.dumps(r) + "\n" for r in recs))
-  from pplx_jax.data import contextual as cx
+  from pplx_jax.stages.contextual import evalset as cx
   queries, docs, qrels = cx.load_retrieval_set(str(path))
   res = contextual.evaluate_model(str(model_dir), queries, docs, qrels, ("float32",), ks=(10,))
   assert set(res) == {"contextual/float32/full/ndcg@10", "non_contextual/float32/full/ndcg@10",

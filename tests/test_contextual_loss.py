@@ -10,8 +10,9 @@ import jax
 import numpy as np
 import pytest
 
-from pplx_jax import sharding
-from pplx_jax.objectives import contextual as ctx
+from pplx_jax.core import sharding
+from pplx_jax.objectives import contextual as ctx_obj
+from pplx_jax.stages.contextual import data as contextual_data
 
 RULES = sharding.DEFAULT_RULES
 FAST_COMPILE = {"xla_cpu_use_fusion_emitters": False}
@@ -136,7 +137,7 @@ def np_sims(a, b):
 
 def test_in_sequence_loss_matches_numpy():
   q, c, mask, gold, _, _ = ctx_data()
-  loss, m = jax.jit(ctx.in_sequence_loss)(q, c, mask, gold, TAU)
+  loss, m = jax.jit(ctx_obj.in_sequence_loss)(q, c, mask, gold, TAU)
   np.testing.assert_allclose(float(loss), ref_seq(q, c, mask, gold, TAU), rtol=2e-5)
   acc = np.mean([all(np_cos(q[i], c[i, gold[i]]) > np_cos(q[i], c[i, k])
                      for k in range(c.shape[1]) if mask[i, k] and k != gold[i]) for i in range(len(q))])
@@ -148,7 +149,7 @@ def test_in_sequence_loss_matches_numpy():
 @pytest.mark.parametrize("dedupe", [False, True], ids=["paper", "dedupe"])
 def test_in_batch_loss_matches_numpy(dedupe):
   q, c, mask, gold, _, hashes = ctx_data()
-  fn = jax.jit(lambda *a: ctx.in_batch_loss(*a[:4], TAU, doc_hash=a[4] if dedupe else None))
+  fn = jax.jit(lambda *a: ctx_obj.in_batch_loss(*a[:4], TAU, doc_hash=a[4] if dedupe else None))
   loss, m = fn(q, c, mask, gold, hashes)
   np.testing.assert_allclose(float(loss), ref_batch(q, c, mask, gold, TAU, hashes if dedupe else None), rtol=2e-5)
   if not dedupe:  # a query of a shared document ties with the copy of its own gold chunk: never strictly first
@@ -169,8 +170,8 @@ def test_in_batch_duplicates_count_the_shared_document_m_times():
                  for k in range(c.shape[1]) if mask[j, k])
     excess.append(np.log((m * own + others) / (own + others)))
     assert (excess[-1] == 0) if m == 1 else (0 < excess[-1] < np.log(m))
-  paper = float(ctx.in_batch_loss(q, c, mask, gold, TAU)[0])
-  deduped = float(ctx.in_batch_loss(q, c, mask, gold, TAU, doc_hash=hashes)[0])
+  paper = float(ctx_obj.in_batch_loss(q, c, mask, gold, TAU)[0])
+  deduped = float(ctx_obj.in_batch_loss(q, c, mask, gold, TAU, doc_hash=hashes)[0])
   np.testing.assert_allclose(paper - deduped, np.mean(excess), rtol=1e-4)
 
 
@@ -178,7 +179,7 @@ def test_in_batch_duplicates_count_the_shared_document_m_times():
 def test_global_loss_matches_numpy(margin, use_qq):
   q, _, _, _, d, hashes = ctx_data()
   assert_clear_of_margin(q, d)
-  loss, m = jax.jit(functools.partial(ctx.global_loss, margin=margin, use_qq=use_qq))(q, d, hashes, TAU)
+  loss, m = jax.jit(functools.partial(ctx_obj.global_loss, margin=margin, use_qq=use_qq))(q, d, hashes, TAU)
   np.testing.assert_allclose(float(loss), ref_global(q, d, hashes, TAU, margin, use_qq), rtol=2e-5)
   s = np_sims(q, d)
   dup = (hashes[:, None] == hashes[None]) & ~np.eye(len(q), dtype=bool)
@@ -193,32 +194,32 @@ def test_duplicate_document_masking():
   """Rows sharing a document: their copies must leave each other's denominators (M_ij = 0), which the loss with
   every row its own document does not do; ids from content_hash_ids and MD5 words give the same masking."""
   q, _, _, _, d, hashes = ctx_data()
-  masked = float(ctx.global_loss(q, d, hashes, TAU)[0])
-  unique = float(ctx.global_loss(q, d, np.arange(len(q)), TAU)[0])
+  masked = float(ctx_obj.global_loss(q, d, hashes, TAU)[0])
+  unique = float(ctx_obj.global_loss(q, d, np.arange(len(q)), TAU)[0])
   np.testing.assert_allclose(unique, ref_global(q, d, np.arange(len(q)), TAU), rtol=2e-5)
   # a copy of the positive scores exactly like it; with margin it is kept (s = pos <= pos + 0.1): only M removes it
   assert masked < unique - 0.1
   texts = [f"document {h}" for h in hashes]
-  for h in (ctx.content_hash_ids(texts), ctx.content_hash_words(texts), ctx.content_hash_words(texts, 4)):
-    np.testing.assert_allclose(float(ctx.global_loss(q, d, h, TAU)[0]), masked, rtol=1e-6)
+  for h in (contextual_data.content_hash_ids(texts), contextual_data.content_hash_words(texts), contextual_data.content_hash_words(texts, 4)):
+    np.testing.assert_allclose(float(ctx_obj.global_loss(q, d, h, TAU)[0]), masked, rtol=1e-6)
 
 
 def test_content_hash_helpers():
   texts = ["a", "b", "a", "ab", ["a", "b"], b"b", "c"]
-  ids = ctx.content_hash_ids(texts)
+  ids = contextual_data.content_hash_ids(texts)
   assert ids.dtype == np.int32 and ids.tolist() == [0, 1, 0, 2, 2, 1, 3]  # first-occurrence order; chunks join
-  words = ctx.content_hash_words(texts)
+  words = contextual_data.content_hash_words(texts)
   assert words.shape == (7, 2) and words.dtype == np.int32
   same = (words[:, None] == words[None]).all(-1)
   assert np.array_equal(same, ids[:, None] == ids[None])
   with pytest.raises(ValueError, match="words"):
-    ctx.content_hash_words(texts, 5)
+    contextual_data.content_hash_words(texts, 5)
 
 
 def test_contextual_loss_and_metrics_match_numpy():
   q, c, mask, gold, d, hashes = ctx_data()
   beta = 0.3
-  loss, m = jax.jit(ctx.contextual_loss)(q, c, mask, gold, d, hashes, TAU, beta)
+  loss, m = jax.jit(ctx_obj.contextual_loss)(q, c, mask, gold, d, hashes, TAU, beta)
   np.testing.assert_allclose(float(loss), ref_contextual(q, c, mask, gold, d, hashes, TAU, beta), rtol=2e-5)
   np.testing.assert_allclose(float(m["loss_seq"]), ref_seq(q, c, mask, gold, TAU), rtol=2e-5)
   np.testing.assert_allclose(float(m["loss_batch"]), ref_batch(q, c, mask, gold, TAU), rtol=2e-5)
@@ -229,10 +230,10 @@ def test_contextual_loss_and_metrics_match_numpy():
   for key in ("chunk_accuracy", "batch_chunk_accuracy", "doc_accuracy", "chunk_pos_sim", "doc_pos_sim",
               "masked_frac", "dup_frac"):
     assert key in m and np.isfinite(float(m[key]))
-  local, _ = ctx.local_loss(q, c, mask, gold, TAU, alpha=0.7)
+  local, _ = ctx_obj.local_loss(q, c, mask, gold, TAU, alpha=0.7)
   np.testing.assert_allclose(float(local), 0.7 * ref_seq(q, c, mask, gold, TAU)
                              + 0.3 * ref_batch(q, c, mask, gold, TAU), rtol=2e-5)
-  objective = ctx.contextual_objective(TAU)
+  objective = ctx_obj.contextual_objective(TAU)
   o_loss, _ = jax.jit(objective)({"q": q, "c": c, "d": d},
                                  {"chunk_mask": mask, "gold": gold, "doc_hash": hashes, "beta": np.float32(beta)})
   np.testing.assert_allclose(float(o_loss), float(loss), rtol=1e-6)
@@ -242,7 +243,7 @@ def test_padded_chunks_are_ignored_and_get_no_gradient():
   """Padded slots (zero vectors, as span_pool gives for an empty span, or garbage) change neither the loss nor,
   through NaN, the gradients; a gold index on a slot marked padding still counts (the positive is always in)."""
   q, c, mask, gold, d, hashes = ctx_data()
-  fn = jax.jit(jax.value_and_grad(lambda a, b, e: ctx.contextual_loss(a, b, mask, gold, e, hashes, TAU, 0.3)[0],
+  fn = jax.jit(jax.value_and_grad(lambda a, b, e: ctx_obj.contextual_loss(a, b, mask, gold, e, hashes, TAU, 0.3)[0],
                                   argnums=(0, 1, 2)))
   loss, (gq, gc, gd) = fn(q, c, d)
   assert all(np.all(np.isfinite(np.asarray(g))) for g in (gq, gc, gd))
@@ -252,14 +253,14 @@ def test_padded_chunks_are_ignored_and_get_no_gradient():
   np.testing.assert_allclose(float(fn(q, c2, d)[0]), float(loss), rtol=1e-6)
   mask2 = mask.copy()
   mask2[np.arange(len(q)), gold] = False
-  np.testing.assert_allclose(float(ctx.in_sequence_loss(q, c, mask2, gold, TAU)[0]),
-                             float(ctx.in_sequence_loss(q, c, mask, gold, TAU)[0]), rtol=1e-6)
+  np.testing.assert_allclose(float(ctx_obj.in_sequence_loss(q, c, mask2, gold, TAU)[0]),
+                             float(ctx_obj.in_sequence_loss(q, c, mask, gold, TAU)[0]), rtol=1e-6)
 
 
 def test_single_chunk_document_has_zero_in_sequence_loss():
   q, c, mask, gold, _, _ = ctx_data()
   one = lambda x: x[:1]
-  loss, m = ctx.in_sequence_loss(one(q), one(c), one(mask), one(gold), TAU)  # row 0 has one real chunk
+  loss, m = ctx_obj.in_sequence_loss(one(q), one(c), one(mask), one(gold), TAU)  # row 0 has one real chunk
   assert abs(float(loss)) < 1e-6 and float(m["accuracy"]) == 1.0
 
 
@@ -272,7 +273,7 @@ def test_gradient_matches_numpy_finite_differences():
   q, c, mask, gold, d, hashes = ctx_data(n=10, num_chunks=4, dim=8, seed=3, groups=((2, 3, 7), (1, 6)))
   assert_clear_of_margin(q, d, gap=1e-3)
   beta = 0.35
-  grads = jax.jit(jax.grad(lambda a, b, e: ctx.contextual_loss(a, b, mask, gold, e, hashes, TAU, beta)[0],
+  grads = jax.jit(jax.grad(lambda a, b, e: ctx_obj.contextual_loss(a, b, mask, gold, e, hashes, TAU, beta)[0],
                            argnums=(0, 1, 2)))(q, c, d)
   f = lambda a, b, e: ref_contextual(a, b, mask, gold, e, hashes, TAU, beta)
   rng = np.random.RandomState(4)
@@ -299,7 +300,7 @@ def _sharded(mesh_shape, arrays):
 def test_contextual_loss_sharded_equals_single_device(mesh_shape, dedupe):
   require_8_devices()
   q, c, mask, gold, d, hashes = ctx_data()
-  fn = lambda a, b, m, g, e, h: ctx.contextual_loss(a, b, m, g, e, h, TAU, 0.3, mask_duplicate_chunks=dedupe)
+  fn = lambda a, b, m, g, e, h: ctx_obj.contextual_loss(a, b, m, g, e, h, TAU, 0.3, mask_duplicate_chunks=dedupe)
   vg = jax.value_and_grad(fn, argnums=(0, 1, 4), has_aux=True)
   args = [q, c, mask, gold, d, hashes]
   (ref_loss, ref_m), ref_g = fast_jit(vg)(*args)
@@ -323,11 +324,11 @@ def test_each_loss_sharded_matches_numpy(name):
   require_8_devices()
   q, c, mask, gold, d, hashes = ctx_data()
   fns = {
-      "in_sequence": (lambda a, b, m, g, e, h: ctx.in_sequence_loss(a, b, m, g, TAU)[0],
+      "in_sequence": (lambda a, b, m, g, e, h: ctx_obj.in_sequence_loss(a, b, m, g, TAU)[0],
                       lambda: ref_seq(q, c, mask, gold, TAU)),
-      "in_batch": (lambda a, b, m, g, e, h: ctx.in_batch_loss(a, b, m, g, TAU)[0],
+      "in_batch": (lambda a, b, m, g, e, h: ctx_obj.in_batch_loss(a, b, m, g, TAU)[0],
                    lambda: ref_batch(q, c, mask, gold, TAU)),
-      "global": (lambda a, b, m, g, e, h: ctx.global_loss(a, e, h, TAU)[0], lambda: ref_global(q, d, hashes, TAU)),
+      "global": (lambda a, b, m, g, e, h: ctx_obj.global_loss(a, e, h, TAU)[0], lambda: ref_global(q, d, hashes, TAU)),
   }
   fn, ref = fns[name]
   mesh, sharded = _sharded({"data": 8}, [q, c, mask, gold, d, hashes])
@@ -342,12 +343,12 @@ def test_each_loss_sharded_matches_numpy(name):
 def test_beta_schedule_endpoints_and_monotone():
   total = 1000
   steps = np.arange(0, total + 1)
-  betas = np.asarray(jax.jit(jax.vmap(lambda s: ctx.beta_schedule(s, total)))(steps))
+  betas = np.asarray(jax.jit(jax.vmap(lambda s: ctx_obj.beta_schedule(s, total)))(steps))
   np.testing.assert_allclose(betas[0], 0.2, atol=1e-7)
   np.testing.assert_allclose(betas[-1], 0.5, atol=1e-7)
   np.testing.assert_allclose(betas[total // 2], 0.35, atol=1e-6)  # cosine: half way at the middle
   np.testing.assert_allclose(betas[total // 4], 0.5 - 0.3 * 0.5 * (1 + np.cos(np.pi / 4)), atol=1e-6)
   assert np.all(np.diff(betas) >= 0) and np.all(np.diff(betas[1:-1]) > 0)
-  np.testing.assert_allclose(float(ctx.beta_schedule(5 * total, total)), 0.5, atol=1e-7)  # clamped after the end
-  np.testing.assert_allclose(float(ctx.beta_schedule(10, 100, start=0.0, end=1.0)),
+  np.testing.assert_allclose(float(ctx_obj.beta_schedule(5 * total, total)), 0.5, atol=1e-7)  # clamped after the end
+  np.testing.assert_allclose(float(ctx_obj.beta_schedule(10, 100, start=0.0, end=1.0)),
                              0.5 * (1 - np.cos(np.pi * 0.1)), atol=1e-6)

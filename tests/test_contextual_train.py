@@ -8,26 +8,27 @@ import jax
 import numpy as np
 import pytest
 
-from pplx_jax import checkpoint as ckpt
 from pplx_jax import cli
-from pplx_jax import config as config_lib
+from pplx_jax.convert import load as load_lib
+from pplx_jax.core import checkpoint as ckpt
+from pplx_jax.core import config as config_lib
+from pplx_jax.data.records import read_jsonl
 from pplx_jax.objectives.contextual import beta_schedule
-from pplx_jax.train import stages
-from pplx_jax.train.metrics import read_jsonl
+from pplx_jax.stages import registry
 
 REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, wordnet_tokenizer):
-  from pplx_jax.data import contextual
+  from pplx_jax.stages.contextual import prepare as ctx_prepare
   root = tmp_path_factory.mktemp("ctx_train")
   wordnet_tokenizer.save(root / "tok")
   assert cli.main(["init", "--config", "configs/model/tiny.py", "--tokenizer", str(root / "tok"),
                    "--workdir", str(root / "start"), "--config.vocab_size=512", "--config.hidden_size=32",
                    "--config.num_layers=2", "--config.num_heads=4", "--config.num_kv_heads=2",
                    "--config.head_dim=8", "--config.mlp_dim=64"]) == 0
-  data = contextual.prepare_wordnet_contextual(root / "data", limit=600)
+  data = ctx_prepare.prepare_wordnet_contextual(root / "data", limit=600)
   return root, data
 
 
@@ -49,7 +50,7 @@ def small(root, data, **over):
 def _params(workdir):
   src = ckpt.resolve(workdir)
   cfg, _ = ckpt.read_model_config(src.path)
-  return ckpt.params_to_numpy(ckpt.restore_params(src.path, cfg))
+  return ckpt.params_to_numpy(load_lib.restore_params(src.path, cfg))
 
 
 def test_trains_writes_metrics_and_evaluates_both_modes(setup, tmp_path):
@@ -57,7 +58,7 @@ def test_trains_writes_metrics_and_evaluates_both_modes(setup, tmp_path):
   root, data = setup
   cfg = small(root, data, **{"train.eval_every": 4})
   cfg.mesh.update(dict(data=2, fsdp=4, tensor=1))
-  stages.run_stage(cfg, tmp_path / "run")
+  registry.run_stage(cfg, tmp_path / "run")
   rows = read_jsonl(tmp_path / "run" / "metrics.jsonl")
   train = [r for r in rows if "loss" in r]
   assert [r["step"] for r in train] == [1, 2, 3, 4]
@@ -77,9 +78,9 @@ def test_trains_writes_metrics_and_evaluates_both_modes(setup, tmp_path):
 def test_stop_and_resume_equals_uninterrupted(setup, tmp_path):
   root, data = setup
   devices = jax.devices()[:2]
-  stages.run_stage(small(root, data), tmp_path / "full", devices=devices)
-  stages.run_stage(small(root, data), tmp_path / "resumed", stop_after=2, devices=devices)
-  stages.run_stage(small(root, data), tmp_path / "resumed", devices=devices)
+  registry.run_stage(small(root, data), tmp_path / "full", devices=devices)
+  registry.run_stage(small(root, data), tmp_path / "resumed", stop_after=2, devices=devices)
+  registry.run_stage(small(root, data), tmp_path / "resumed", devices=devices)
   a = [r for r in read_jsonl(tmp_path / "full" / "metrics.jsonl") if "loss" in r]
   b = {r["step"]: r for r in read_jsonl(tmp_path / "resumed" / "metrics.jsonl") if "loss" in r}
   assert sorted(b) == [1, 2, 3, 4]
@@ -91,11 +92,11 @@ def test_stop_and_resume_equals_uninterrupted(setup, tmp_path):
 
 
 def test_paper_scale_contextual_config_validates():
-  from pplx_jax.train import trainer
+  from pplx_jax.stages import trainer
   cfg = config_lib.load_config("configs/contextual/qwen3_0_6b.py:v5p-64")
   assert cfg.stage == "contextual" and cfg.objective.alpha == 0.2 and cfg.objective.margin == 0.1
   assert (cfg.objective.beta_start, cfg.objective.beta_end) == (0.2, 0.5) and cfg.objective.use_qq
   trainer.validate(cfg, num_devices=32)
   tiny = config_lib.load_config("configs/contextual/tiny.py")
-  assert tiny.train.init_from == "runs/pipeline/pair" and stages.task_factory("contextual").__name__ == \
+  assert tiny.train.init_from == "runs/pipeline/pair" and registry.task_factory("contextual").__name__ == \
       "ContextualTask"

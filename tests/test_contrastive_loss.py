@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from pplx_jax import sharding
-from pplx_jax.models import qwen3
-from pplx_jax.models.config import ModelConfig
+from pplx_jax.core import sharding
+from pplx_jax.core.model_config import ModelConfig
+from pplx_jax.models import encoder
 from pplx_jax.objectives import contrastive
 
 RULES = sharding.DEFAULT_RULES
@@ -335,7 +335,7 @@ CFG = ModelConfig(vocab_size=64, hidden_size=32, num_layers=2, num_heads=4, num_
 
 
 def test_embed_int8_forward_is_exact_codes():
-  model = qwen3.create_model(CFG, seed=0)
+  model = encoder.create_model(CFG, seed=0)
   rng = np.random.RandomState(0)
   ids = rng.randint(0, CFG.vocab_size, (4, 8)).astype(np.int32)
   mask = np.ones((4, 8), np.int32)

@@ -11,27 +11,28 @@ import jax
 import numpy as np
 import pytest
 
-from pplx_jax import checkpoint as ckpt
 from pplx_jax import cli
-from pplx_jax import config as config_lib
-from pplx_jax.train import stages
-from pplx_jax.train.metrics import read_jsonl
+from pplx_jax.convert import load as load_lib
+from pplx_jax.core import checkpoint as ckpt
+from pplx_jax.core import config as config_lib
+from pplx_jax.data.records import read_jsonl
+from pplx_jax.stages import registry
 
 REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, wordnet_tokenizer):
-  from pplx_jax.data import pairs
-  from pplx_jax.data.wordnet_triplets import prepare_wordnet_triplets
+  from pplx_jax.stages.contrastive import prepare as pair_prepare
+  from pplx_jax.stages.contrastive.prepare import prepare_wordnet_triplets
   root = tmp_path_factory.mktemp("contrastive")
   wordnet_tokenizer.save(root / "tok")
   assert cli.main(["init", "--config", "configs/model/tiny.py", "--tokenizer", str(root / "tok"),
                    "--workdir", str(root / "start"), "--config.vocab_size=512", "--config.hidden_size=32",
                    "--config.num_layers=2", "--config.num_heads=4", "--config.num_kv_heads=2",
                    "--config.head_dim=8", "--config.mlp_dim=64"]) == 0
-  lemma = pairs.prepare_wordnet_pairs(root / "data", kinds=("lemma",), limit=600)
-  example = pairs.prepare_wordnet_pairs(root / "data2", kinds=("example",), limit=600)
+  lemma = pair_prepare.prepare_wordnet_pairs(root / "data", kinds=("lemma",), limit=600)
+  example = pair_prepare.prepare_wordnet_pairs(root / "data2", kinds=("example",), limit=600)
   trip = prepare_wordnet_triplets(root / "data3", limit=400)
   return root, lemma, example, trip
 
@@ -55,11 +56,11 @@ def small(root, sources, config="configs/contrastive/tiny.py", **over):
 def _params(workdir):
   src = ckpt.resolve(workdir)
   cfg, _ = ckpt.read_model_config(src.path)
-  return ckpt.params_to_numpy(ckpt.restore_params(src.path, cfg))
+  return ckpt.params_to_numpy(load_lib.restore_params(src.path, cfg))
 
 
 def _run(cfg, workdir, devices=None):
-  stages.run_stage(cfg, workdir, devices=devices)
+  registry.run_stage(cfg, workdir, devices=devices)
   return [m["loss"] for m in read_jsonl(workdir / "metrics.jsonl") if "loss" in m], _params(workdir)
 
 
@@ -82,7 +83,7 @@ def test_curriculum_phases_and_resume(setup, tmp_path):
   root, lemma, example, _ = setup
   phases = "({'until_step': 2, 'weights': [1.0, 0.0]}, {'until_step': 4, 'weights': [0.0, 1.0]})"
   cfg = small(root, [lemma, example], **{"data.phases": phases, "train.steps": 4, "train.checkpoint_every": 2})
-  from pplx_jax.train.contrastive import ContrastiveTask
+  from pplx_jax.stages.contrastive.task import ContrastiveTask
   task = ContrastiveTask(cfg, config_lib.model_config(cfg), root / "tok")
   it = task.train_data(16, 0, 1)
   batches = [next(it) for _ in range(4)]
@@ -120,7 +121,7 @@ def test_ablation_switch_sets_causal_and_last_token():
 
 
 def test_paper_scale_contrastive_config_validates():
-  from pplx_jax.train import trainer
+  from pplx_jax.stages import trainer
   cfg = config_lib.load_config("configs/contrastive/qwen3_0_6b.py:v5p-64")
   assert cfg.train.global_batch == 65_536 and cfg.objective.gradcache_chunks == 64
   trainer.validate(cfg, num_devices=32)

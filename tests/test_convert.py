@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from pplx_jax import checkpoint as ckpt
-from pplx_jax import cli, embed
-from pplx_jax.convert import convert, hf
+from pplx_jax import cli
+from pplx_jax.convert import formats, hf
+from pplx_jax.core import checkpoint as ckpt
+from pplx_jax.inference import embed
 
 
 def _hf_model(cls, tied: bool, seed: int, vocab: int, **kw):
@@ -44,10 +45,10 @@ def _tensors(folder):
 @pytest.mark.parametrize("name", ["tied_lm", "untied", "encoder"])
 def test_hf_to_jax_to_hf_is_bit_exact(hf_dirs, tmp_path, name):
   src = hf_dirs[name]
-  convert.to_jax(src, tmp_path / "jax")
+  formats.to_jax(src, tmp_path / "jax")
   assert ckpt.resolve(tmp_path / "jax").kind == "pplx"
   assert (tmp_path / "jax" / "tokenizer" / "tokenizer.json").is_file()
-  convert.to_hf(tmp_path / "jax", tmp_path / "hf")
+  formats.to_hf(tmp_path / "jax", tmp_path / "hf")
   a, b = _tensors(src), _tensors(tmp_path / "hf")
   strip = lambda k: k[len("model."):] if k.startswith("model.") else k
   a = {strip(k): v for k, v in a.items()}
@@ -67,10 +68,10 @@ def test_bfloat16_weights_round_trip_bit_exact(tmp_path, wordnet_tokenizer):
   m = _hf_model(Qwen3Model, True, seed=7, vocab=wordnet_tokenizer.vocab_size).to(torch.bfloat16)
   m.save_pretrained(tmp_path / "src")
   wordnet_tokenizer.save(tmp_path / "src")
-  convert.to_jax(tmp_path / "src", tmp_path / "jax")
+  formats.to_jax(tmp_path / "src", tmp_path / "jax")
   cfg, extra = ckpt.read_model_config(ckpt.resolve(tmp_path / "jax").path)
   assert cfg.param_dtype == "bfloat16" and extra["source_dtype"] == "bfloat16"
-  convert.to_hf(tmp_path / "jax", tmp_path / "hf")
+  formats.to_hf(tmp_path / "jax", tmp_path / "hf")
   a, b = _tensors(tmp_path / "src"), _tensors(tmp_path / "hf")
   assert set(a) == set(b)
   for k in a:
@@ -79,8 +80,8 @@ def test_bfloat16_weights_round_trip_bit_exact(tmp_path, wordnet_tokenizer):
 
 def test_sharded_export_loads_in_transformers_and_reimports(hf_dirs, tmp_path):
   from transformers import AutoModel
-  convert.to_jax(hf_dirs["untied"], tmp_path / "jax")
-  convert.to_hf(tmp_path / "jax", tmp_path / "hf", max_shard_bytes=20_000)
+  formats.to_jax(hf_dirs["untied"], tmp_path / "jax")
+  formats.to_hf(tmp_path / "jax", tmp_path / "hf", max_shard_bytes=20_000)
   index = json.loads((tmp_path / "hf" / "model.safetensors.index.json").read_text())
   shards = sorted(set(index["weight_map"].values()))
   assert len(shards) > 3 and all((tmp_path / "hf" / s).is_file() for s in shards)
@@ -88,8 +89,8 @@ def test_sharded_export_loads_in_transformers_and_reimports(hf_dirs, tmp_path):
   model = AutoModel.from_pretrained(tmp_path / "hf", local_files_only=True)
   assert type(model).__name__ == "Qwen3Model"
   # The sharded folder converts back to the same tensors.
-  convert.to_jax(tmp_path / "hf", tmp_path / "jax2")
-  convert.to_hf(tmp_path / "jax2", tmp_path / "hf2")
+  formats.to_jax(tmp_path / "hf", tmp_path / "jax2")
+  formats.to_hf(tmp_path / "jax2", tmp_path / "hf2")
   a, b = _tensors(tmp_path / "hf"), _tensors(tmp_path / "hf2")
   assert set(a) == set(b) and all(np.array_equal(a[k], b[k]) for k in a)
 
@@ -103,9 +104,9 @@ TEXTS = ["dog", "a member of the genus Canis that has been domesticated by man s
 @pytest.fixture(scope="module")
 def exported(hf_dirs, tmp_path_factory):
   root = tmp_path_factory.mktemp("exported")
-  convert.to_jax(hf_dirs["untied"], root / "jax")
-  convert.to_hf(root / "jax", root / "hf")
-  convert.to_st(root / "jax", root / "st")
+  formats.to_jax(hf_dirs["untied"], root / "jax")
+  formats.to_hf(root / "jax", root / "hf")
+  formats.to_st(root / "jax", root / "st")
   emb = embed.embed_texts(str(root / "jax"), TEXTS, batch_size=4)
   return root, emb
 
@@ -167,7 +168,7 @@ def test_export_from_workdir_step_and_hf_folder(exported, tmp_path):
   step_dir = ckpt.resolve(root / "jax").path
   assert step_dir.name == "0" and step_dir.parent.name == "checkpoints"
   for i, src in enumerate((step_dir, root / "hf")):
-    convert.to_hf(src, tmp_path / f"out{i}")
+    formats.to_hf(src, tmp_path / f"out{i}")
     a, b = _tensors(root / "hf"), _tensors(tmp_path / f"out{i}")
     assert all(np.array_equal(a[k], b[k]) for k in a)
 
@@ -190,7 +191,7 @@ def test_missing_tensor_names_it_and_leaves_nothing(hf_dirs, tmp_path):
   del tensors["layers.1.mlp.up_proj.weight"]
   save_file(tensors, str(src / "model.safetensors"))
   with pytest.raises(hf.ConversionError, match=r"layers\.1\.mlp\.up_proj\.weight"):
-    convert.to_jax(src, tmp_path / "out")
+    formats.to_jax(src, tmp_path / "out")
   assert not (tmp_path / "out").exists()
   _no_partial(tmp_path, "out")
 
@@ -210,7 +211,7 @@ def test_wrong_shape_and_unexpected_tensor_are_named(hf_dirs, tmp_path):
       pattern = r"unexpected.*layers\.0\.self_attn\.q_proj\.bias"
     save_file(tensors, str(src / "model.safetensors"))
     with pytest.raises(hf.ConversionError, match=pattern):
-      convert.to_jax(src, tmp_path / f"out_{case}")
+      formats.to_jax(src, tmp_path / f"out_{case}")
     assert not (tmp_path / f"out_{case}").exists()
     _no_partial(tmp_path, f"out_{case}")
 
@@ -223,7 +224,7 @@ def test_unsupported_architecture_is_named(hf_dirs, tmp_path):
   (src / "config.json").write_text(json.dumps(cfg))
   (src / "model.safetensors").write_bytes((hf_dirs["encoder"] / "model.safetensors").read_bytes())
   with pytest.raises(hf.ConversionError, match="LlamaForCausalLM"):
-    convert.to_jax(src, tmp_path / "out")
+    formats.to_jax(src, tmp_path / "out")
 
 
 def test_non_empty_destination_is_refused(hf_dirs, tmp_path, capsys):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import collections
 import json
 import logging
@@ -10,10 +9,14 @@ import logging
 import numpy as np
 import pytest
 
-from pplx_jax.data import builders, text, wordnet
-from pplx_jax.data.builders import load_split, prepare_text_dataset
-from pplx_jax.data.pipeline import PretrainPipeline, eval_batches
-from pplx_jax.data.text import DataError, iter_text_records
+from pplx_jax import cli
+from pplx_jax.data import prepared, records
+from pplx_jax.data.prepared import load_split
+from pplx_jax.data.records import DataError, iter_text_records
+from pplx_jax.data.sources import wordnet
+from pplx_jax.stages.pretrain import prepare as pretrain_prepare
+from pplx_jax.stages.pretrain.data import PretrainPipeline, eval_batches
+from pplx_jax.stages.pretrain.prepare import prepare_text_dataset
 
 # ------------------------------------------------------------------------------------------------
 # helpers
@@ -110,7 +113,7 @@ def test_bad_records_raise_with_file_and_line(tmp_path, kind):
   stats = {}
   good = list(iter_text_records([str(path)], on_error="skip", stats=stats))
   assert stats[reason] == 1 and stats["records"] == len(good)
-  assert text.skipped(stats) == {reason: 1}
+  assert records.skipped(stats) == {reason: 1}
 
 
 def test_bad_parquet_rows(tmp_path):
@@ -123,7 +126,7 @@ def test_bad_parquet_rows(tmp_path):
     list(iter_text_records(path))
   stats = {}
   assert [t for _, _, t in iter_text_records(path, on_error="skip", stats=stats)] == ["fine", "also fine"]
-  assert text.skipped(stats) == {"missing_field": 1, "empty_text": 1}
+  assert records.skipped(stats) == {"missing_field": 1, "empty_text": 1}
   pq.write_table(pa.table({"text": [1, 2]}), path)
   with pytest.raises(DataError, match=rf"^{path}:0: field 'text' is a int"):
     list(iter_text_records(path))
@@ -145,8 +148,8 @@ def test_prepare_text_dataset_splits_complete_and_disjoint(tmp_path):
   assert {**train, **val} == expected  # nothing lost, text round-trips (UTF-8 included)
   assert 10 <= len(val) <= 45
   for d in val.values():
-    assert builders.text_split(d, 0.3, 3) == "validation"
-  assert builders.split_sizes(out) == {"train": len(train), "validation": len(val)}
+    assert pretrain_prepare.text_split(d, 0.3, 3) == "validation"
+  assert prepared.split_sizes(out) == {"train": len(train), "validation": len(val)}
   # The same inputs and parameters reuse the dataset; different ones are refused.
   assert prepare_text_dataset(paths, tmp_path / "data", validation_fraction=0.3, seed=3) == out
   with pytest.raises(FileExistsError, match="different dataset"):
@@ -170,9 +173,7 @@ def test_prepare_rejects_bad_records_before_writing(tmp_path):
 
 
 def _cli(argv):
-  parser = argparse.ArgumentParser()
-  builders.add_prepare_args(parser)
-  return builders.run_prepare(parser.parse_args(argv))
+  return cli.main(["prepare", *argv])
 
 
 def test_cli_skip_bad_records_counts_them(tmp_path, capsys, caplog):
@@ -192,7 +193,7 @@ def test_cli_skip_bad_records_counts_them(tmp_path, capsys, caplog):
   assert "skipped bad records: 4 (invalid_utf8: 1, invalid_json: 1, missing_field: 1, empty_text: 1)" in printed
   assert f"{path}:8" in caplog.text  # each skipped record is logged with file and line
   out = tmp_path / "data" / "text" / "1.0.0"
-  assert builders.dataset_metadata(out)["skipped"] == {"invalid_utf8": 1, "invalid_json": 1, "missing_field": 1,
+  assert prepared.dataset_metadata(out)["skipped"] == {"invalid_utf8": 1, "invalid_json": 1, "missing_field": 1,
                                                        "empty_text": 1}
   records = {**_records(out, "train"), **_records(out, "validation")}
   assert sorted(records.values()) == sorted(d for i, d in enumerate(good) if i not in (3, 7, 11))

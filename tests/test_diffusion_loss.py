@@ -8,11 +8,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
-from pplx_jax import sharding as shd
-from pplx_jax.models import qwen3
-from pplx_jax.models.config import ModelConfig
+from pplx_jax.core import sharding as shd
+from pplx_jax.core.model_config import ModelConfig
+from pplx_jax.models import encoder
 from pplx_jax.objectives import diffusion as dl
 from pplx_jax.objectives.diffusion import DiffusionConfig
 
@@ -28,13 +29,13 @@ def tiny_cfg(dtype="bfloat16"):
 @pytest.fixture(scope="module")
 def tiny_bf16():
   with nnx.use_eager_sharding(False):  # one compiled init instead of many eager ops
-    return nnx.jit(lambda: qwen3.Qwen3(tiny_cfg("bfloat16"), rngs=nnx.Rngs(0)))()
+    return nnx.jit(lambda: encoder.Encoder(tiny_cfg("bfloat16"), rngs=nnx.Rngs(0)))()
 
 
 @pytest.fixture(scope="module")
 def tiny_f32(tiny_bf16):
   """The same weights with float32 compute (exact comparisons across paddings)."""
-  return qwen3.model_from_params(tiny_cfg("float32"), qwen3.params_of(tiny_bf16))
+  return encoder.model_from_params(tiny_cfg("float32"), encoder.params_of(tiny_bf16))
 
 
 # ------------------------------------------------------------------------------------------------------------------

@@ -7,9 +7,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pplx_jax import checkpoint as ckpt
-from pplx_jax import cli, embed
-from pplx_jax.tokenizers import load_tokenizer
+from pplx_jax import cli
+from pplx_jax.convert import load as ckpt
+from pplx_jax.core.tokenizers import load_tokenizer
+from pplx_jax.data.records import DataError
+from pplx_jax.inference import embed
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +101,7 @@ def test_jsonl_equals_txt_and_dtypes_and_dim(model_dir, texts, tmp_path):
 def test_bad_input_names_file_and_line(content, suffix, pattern, tmp_path):
   p = tmp_path / f"in{suffix}"
   p.write_bytes(content)
-  with pytest.raises(embed.InputError, match=pattern):
+  with pytest.raises(DataError, match=pattern):
     embed.read_texts(p)
 
 

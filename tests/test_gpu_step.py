@@ -44,8 +44,8 @@ def test_tiny_run_prints_tables_and_sane_numbers(tmp_path):
 def test_model_flops_match_the_library():
   import importlib.util
 
-  from pplx_jax.models.config import ModelConfig
-  from pplx_jax.train import flops
+  from pplx_jax.core.model_config import ModelConfig
+  from pplx_jax.stages import flops
 
   spec = importlib.util.spec_from_file_location("gpu_step", SCRIPT)
   gs = importlib.util.module_from_spec(spec)

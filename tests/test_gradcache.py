@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from pplx_jax import sharding
-from pplx_jax.models import qwen3
-from pplx_jax.models.config import ModelConfig
+from pplx_jax.core import sharding
+from pplx_jax.core.model_config import ModelConfig
+from pplx_jax.models import encoder
 from pplx_jax.objectives import contrastive, gradcache
 
 RULES = sharding.DEFAULT_RULES
@@ -123,7 +123,7 @@ def make_batch(n, rng, seq_q, seq_d, k=K, hard=True):
   batch["d_ids"], batch["d_mask"] = tower((n, seq_d))
   batch["d_ids"][3, :seq_q] = batch["q_ids"][3]  # a positive that repeats its query
   if hard:
-    batch["h_ids"], batch["h_mask"] = tower((n, k, seq_d))
+    batch["n_ids"], batch["n_mask"] = tower((n, k, seq_d))
     batch["h_valid"] = rng.rand(n, k) > 0.25  # padding hard negatives (variable K)
     batch["h_valid"][:, 0] = True
   return batch
@@ -134,7 +134,7 @@ def setup():
   require_8_devices()
   mesh = sharding.make_mesh(MESH)
   with sharding.activate(mesh, RULES):
-    model = qwen3.create_model(CFG, seed=0)
+    model = encoder.create_model(CFG, seed=0)
   graphdef, state = nnx.split(model)
   return mesh, graphdef, nnx.to_pure_dict(state)
 

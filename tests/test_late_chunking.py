@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from pplx_jax import late_chunking as lc
-from pplx_jax.models import qwen3
-from pplx_jax.models.config import ModelConfig
+from pplx_jax.core.model_config import ModelConfig
+from pplx_jax.models import encoder
+from pplx_jax.models import late_chunking as lc
 
 CFG = ModelConfig(vocab_size=256, hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8, mlp_dim=64,
                   compute_dtype="float32", remat="none")
@@ -23,7 +23,7 @@ FAST_COMPILE = {"xla_cpu_use_fusion_emitters": False}
 
 @pytest.fixture(scope="module")
 def model():
-  return qwen3.create_model(CFG, seed=0)
+  return encoder.create_model(CFG, seed=0)
 
 
 @functools.lru_cache(maxsize=None)

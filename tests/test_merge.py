@@ -1,14 +1,14 @@
 """SLERP merging (paper §4.4): mergekit's per-tensor formula, its endpoints and norms, and checkpoint merging."""
 
-import argparse
 import json
 
 import numpy as np
 import pytest
 
-from pplx_jax import checkpoint as ckpt
 from pplx_jax import cli
 from pplx_jax.convert import hf, merge
+from pplx_jax.convert import load as load_lib
+from pplx_jax.core import checkpoint as ckpt
 
 
 def reference_slerp(a, b, t, threshold=0.9995):
@@ -123,7 +123,7 @@ def models(tmp_path_factory, wordnet_tokenizer):
                    "--workdir", str(root / "a"), "--config.vocab_size=520", "--seed", "1"]) == 0
   src = ckpt.resolve(root / "a")
   cfg, _ = ckpt.read_model_config(src.path)
-  pa = ckpt.params_to_numpy(ckpt.restore_params(src.path, cfg))
+  pa = ckpt.params_to_numpy(load_lib.restore_params(src.path, cfg))
   rng = np.random.default_rng(0)
 
   def move(path, x):
@@ -140,19 +140,17 @@ def models(tmp_path_factory, wordnet_tokenizer):
 
 
 def _run_merge(argv):
-  p = argparse.ArgumentParser()
-  merge.add_merge_args(p)
-  return merge.run_merge(p.parse_args(argv))
+  return cli.main(["merge", *argv])
 
 
 def _params(path):
   src = ckpt.resolve(path)
   cfg, extra = ckpt.read_model_config(src.path)
-  return ckpt.params_to_numpy(ckpt.restore_params(src.path, cfg)), cfg, extra
+  return ckpt.params_to_numpy(load_lib.restore_params(src.path, cfg)), cfg, extra
 
 
 def test_merge_checkpoints_equals_mergekit_on_hf_tensors_and_embeds(models, capsys):
-  from pplx_jax.embed import embed_texts
+  from pplx_jax.inference.embed import embed_texts
 
   root, cfg, pa, pb = models
   out = root / "merged"
@@ -178,10 +176,10 @@ def test_merge_checkpoints_equals_mergekit_on_hf_tensors_and_embeds(models, caps
 
 
 def test_endpoints_and_hf_input(models, tmp_path):
-  from pplx_jax.convert import convert
+  from pplx_jax.convert import formats
 
   root, cfg, pa, pb = models
-  convert.to_hf(root / "a", tmp_path / "a_hf")  # any model path: a Hugging Face folder as A
+  formats.to_hf(root / "a", tmp_path / "a_hf")  # any model path: a Hugging Face folder as A
   merge.merge_checkpoints(tmp_path / "a_hf", root / "b", 0.0, tmp_path / "t0")
   merge.merge_checkpoints(root / "a", root / "b", 1.0, tmp_path / "t1")
   p0, _, _ = _params(tmp_path / "t0")

@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 
 from pplx_jax import cli
-from pplx_jax import config as config_lib
-from pplx_jax import distributed as dist
-from pplx_jax import launch
-from pplx_jax.train import stages
-from pplx_jax.train.metrics import read_jsonl
+from pplx_jax.cli import launch
+from pplx_jax.core import config as config_lib
+from pplx_jax.core import distributed as dist
+from pplx_jax.data.records import read_jsonl
+from pplx_jax.stages import registry
 
 REPO = Path(__file__).resolve().parent.parent
 TINY_MODEL = ["--config.model.vocab_size=512", "--config.model.hidden_size=32", "--config.model.num_layers=2",
@@ -32,11 +32,12 @@ COMMON = ["--config.train.global_batch=8", "--config.train.log_every=1",
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, wordnet_tokenizer):
-  from pplx_jax.data import builders, pairs
+  from pplx_jax.stages.contrastive import prepare as pair_prepare
+  from pplx_jax.stages.pretrain import prepare as pretrain_prepare
   root = tmp_path_factory.mktemp("multihost")
   wordnet_tokenizer.save(root / "tok")
-  text = builders.prepare_wordnet(root / "data", validation_fraction=0.1, limit=400)
-  lemma = pairs.prepare_wordnet_pairs(root / "pairs", kinds=("lemma",), limit=300)
+  text = pretrain_prepare.prepare_wordnet(root / "data", validation_fraction=0.1, limit=400)
+  lemma = pair_prepare.prepare_wordnet_pairs(root / "pairs", kinds=("lemma",), limit=300)
   assert cli.main(["init", "--config", "configs/model/tiny.py", "--tokenizer", str(root / "tok"),
                    "--workdir", str(root / "start")] + [a.replace("model.", "") for a in TINY_MODEL]) == 0
   return root, text, lemma
@@ -64,7 +65,7 @@ def contrastive_args(root, lemma, steps=3):
 def run_in_process(args, workdir, devices=None):
   """The single-process reference: this test process, 8 (or `devices`) CPU devices."""
   cfg = config_lib.load_config(args[1], [a for a in args[2:] if a.startswith("--config.")])
-  stages.run_stage(cfg, workdir, devices=devices)
+  registry.run_stage(cfg, workdir, devices=devices)
   return losses(workdir)
 
 
@@ -139,12 +140,12 @@ def test_contrastive_two_processes_equal_one(setup, tmp_path):
 
 def test_global_batches_do_not_depend_on_the_process_count(setup, wordnet_tokenizer):
   """The data each process reads, put together in process order, is the one-process batch (pairs and packing)."""
-  from pplx_jax.data import builders
-  from pplx_jax.data.pairs import PairPipeline
-  from pplx_jax.data.pipeline import PackedStreams
+  from pplx_jax.data import prepared
+  from pplx_jax.stages.contrastive.data import PairPipeline
+  from pplx_jax.stages.pretrain.data import PackedStreams
   _, text, lemma = setup
-  src = builders.load_split(text, "train")
-  pairs_src = builders.load_split(lemma, "train")
+  src = prepared.load_split(text, "train")
+  pairs_src = prepared.load_split(lemma, "train")
   for make in (lambda b, i, n: PackedStreams(src, wordnet_tokenizer, 32, 8, 4, seed=3, shard_index=i, shard_count=n),
                lambda b, i, n: PairPipeline(pairs_src, wordnet_tokenizer, b, query_len=8, doc_len=16, seed=3,
                                             shard_index=i, shard_count=n)):
@@ -166,9 +167,9 @@ def test_global_batches_do_not_depend_on_the_process_count(setup, wordnet_tokeni
 
 
 def test_packing_streams_must_split_over_processes(setup, wordnet_tokenizer):
-  from pplx_jax.data import builders
-  from pplx_jax.data.pipeline import PackedStreams
-  src = builders.load_split(setup[1], "train")
+  from pplx_jax.data import prepared
+  from pplx_jax.stages.pretrain.data import PackedStreams
+  src = prepared.load_split(setup[1], "train")
   with pytest.raises(ValueError, match=r"4 packing streams \(data.packing_streams\) cannot be split evenly over 3"):
     PackedStreams(src, wordnet_tokenizer, 32, 12, 4, shard_index=0, shard_count=3)
   with pytest.raises(ValueError, match=r"global batch 12 is not divisible by 8 packing streams"):

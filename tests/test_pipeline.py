@@ -8,10 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pplx_jax import config as config_lib
-from pplx_jax import pipeline
-from pplx_jax.config import ConfigError
+from pplx_jax.core import config as config_lib
+from pplx_jax.core.config import ConfigError
 from pplx_jax.eval import baselines
+from pplx_jax.recipe import pipeline
+from pplx_jax.recipe import plan as plan_lib
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -25,7 +26,7 @@ def _tiny(**eval_over):
 
 
 def test_plan_resolves_every_stage_against_the_workdir(tmp_path):
-  plan = pipeline.Plan(_tiny(), tmp_path)
+  plan = plan_lib.Plan(_tiny(), tmp_path)
   assert plan.order == ["pretrain", "pair", "contextual", "triplet", "ablation_causal_last"]
   pair = plan.stage_cfgs["pair"]
   assert pair.train.init_from == str(tmp_path / "pretrain")
@@ -53,7 +54,7 @@ def test_plan_rejects_configs_that_cannot_work(tmp_path, edit, message):
   with cfg.unlocked():
     edit(cfg)
   with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
-    pipeline.Plan(cfg, tmp_path)
+    plan_lib.Plan(cfg, tmp_path)
 
 
 def test_stage_sizes_are_validated_before_training(tmp_path):
@@ -61,7 +62,7 @@ def test_stage_sizes_are_validated_before_training(tmp_path):
   with cfg.unlocked():
     cfg.stages.pair.overrides = ("--config.train.global_batch=12",)
   with pytest.raises(ConfigError, match=r"(?s)stage 'pair'.*12"):
-    pipeline.Plan(cfg, tmp_path).validate(8)
+    plan_lib.Plan(cfg, tmp_path).validate(8)
 
 
 def _bm25_reference(queries, docs, k1=1.2, b=0.75):
@@ -88,16 +89,16 @@ def test_bm25_matches_the_formula():
 
 
 def test_done_markers_refuse_changed_inputs(tmp_path):
-  assert not pipeline._check_done(tmp_path, {"a": 1}, "stage 'x'")
-  pipeline._mark_done(tmp_path, {"a": 1}, step=3)
-  assert pipeline._check_done(tmp_path, {"a": 1}, "stage 'x'")
+  assert not plan_lib._check_done(tmp_path, {"a": 1}, "stage 'x'")
+  plan_lib._mark_done(tmp_path, {"a": 1}, step=3)
+  assert plan_lib._check_done(tmp_path, {"a": 1}, "stage 'x'")
   with pytest.raises(ConfigError, match=r"stage 'x'.*delete"):
-    pipeline._check_done(tmp_path, {"a": 2}, "stage 'x'")
+    plan_lib._check_done(tmp_path, {"a": 2}, "stage 'x'")
 
 
 @pytest.mark.slow
 def test_pipeline_runs_resumes_after_a_kill_and_reports(tmp_path, wordnet_tokenizer, monkeypatch):
-  from pplx_jax.train import stages
+  from pplx_jax.stages import registry
   tok = tmp_path / "tok"
   wordnet_tokenizer.save(tok)
   cfg = _tiny(max_queries=40, max_docs=150, contextual_max_docs=12, batch_size=32)
@@ -114,7 +115,7 @@ def test_pipeline_runs_resumes_after_a_kill_and_reports(tmp_path, wordnet_tokeni
       cfg.stages[name].overrides = tuple(cfg.stages[name].overrides) + fast + extra
   work = tmp_path / "run"
 
-  real = stages.run_stage
+  real = registry.run_stage
   calls = []
 
   def killed_at_contextual(stage_cfg, workdir, **kw):
@@ -123,14 +124,14 @@ def test_pipeline_runs_resumes_after_a_kill_and_reports(tmp_path, wordnet_tokeni
       raise KeyboardInterrupt("killed during the contextual stage")
     return real(stage_cfg, workdir, **kw)
 
-  monkeypatch.setattr(stages, "run_stage", killed_at_contextual)
+  monkeypatch.setattr(registry, "run_stage", killed_at_contextual)
   with pytest.raises(KeyboardInterrupt):
     pipeline.run_pipeline(cfg, work)
   assert calls == ["pretrain", "pair", "contextual"]
   pretrain_lines = (work / "pretrain" / "metrics.jsonl").read_text()
 
   calls.clear()
-  monkeypatch.setattr(stages, "run_stage", lambda c, w, **kw: calls.append(Path(w).name) or real(c, w, **kw))
+  monkeypatch.setattr(registry, "run_stage", lambda c, w, **kw: calls.append(Path(w).name) or real(c, w, **kw))
   report = pipeline.run_pipeline(cfg, work)
   assert calls == ["contextual", "triplet", "ablation_causal_last"]  # finished stages are not redone
   assert (work / "pretrain" / "metrics.jsonl").read_text() == pretrain_lines
@@ -166,8 +167,8 @@ def test_pipeline_runs_resumes_after_a_kill_and_reports(tmp_path, wordnet_tokeni
 @pytest.mark.parametrize("name", ["qwen3_0_6b", "qwen3_4b"])
 def test_pod_pipelines_run_the_same_stages(tmp_path, name):
   """The pod pipelines resolve to the paper-scale stage configs, in the tiny pipeline's graph."""
-  tiny = pipeline.Plan(_tiny(), tmp_path)
-  plan = pipeline.Plan(config_lib.load_config(REPO / f"configs/pipeline/{name}.py"), tmp_path)
+  tiny = plan_lib.Plan(_tiny(), tmp_path)
+  plan = plan_lib.Plan(config_lib.load_config(REPO / f"configs/pipeline/{name}.py"), tmp_path)
   assert plan.order == tiny.order and plan.cfg.merge.to_dict() == tiny.cfg.merge.to_dict()
   size = {"qwen3_0_6b": 1024, "qwen3_4b": 2560}[name]
   assert all(int(c.model.hidden_size) == size for c in plan.stage_cfgs.values())

@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pplx_jax.models import pooling
+from pplx_jax.models import pooling, quantize
 
 
 def test_mean_pool_ignores_padding():
@@ -30,19 +30,19 @@ def test_span_pool_equals_per_span_means():
 
 def test_int8_forward_is_exact_codes_and_backward_is_tanh_gradient():
   x = np.linspace(-3, 3, 101).astype(np.float32)
-  codes = np.asarray(pooling.int8_ste(jnp.asarray(x)))
+  codes = np.asarray(quantize.int8_ste(jnp.asarray(x)))
   ref = np.round(127 * np.tanh(x.astype(np.float64)))
   assert np.array_equal(codes, ref) and codes.min() >= -127 and codes.max() <= 127
   g = np.random.RandomState(2).randn(101).astype(np.float32)
-  _, vjp = jax.vjp(pooling.int8_ste, jnp.asarray(x))
+  _, vjp = jax.vjp(quantize.int8_ste, jnp.asarray(x))
   (grad,) = vjp(jnp.asarray(g))
   np.testing.assert_allclose(np.asarray(grad), g * (1 - np.tanh(x) ** 2), rtol=1e-5, atol=1e-7)
-  assert np.array_equal(pooling.quantize_int8_np(x), ref.astype(np.int8))
+  assert np.array_equal(quantize.quantize_int8_np(x), ref.astype(np.int8))
 
 
 def test_binary_packs_sign_bits_msb_first():
   x = np.array([[0.5, -1, 0.0, -0.0, 2, -3, 1e-9, -1e-9, 4]], np.float32)
-  packed = pooling.quantize_binary_np(x)
+  packed = quantize.quantize_binary_np(x)
   # bits: 1 0 1 1 1 0 1 0 | 1 -> 0b10111010, 0b10000000 (-0.0 >= 0 is True)
   assert packed.tolist() == [[0b10111010, 0b10000000]]
 

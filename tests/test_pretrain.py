@@ -19,22 +19,23 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from pplx_jax import checkpoint as ckpt
-from pplx_jax import config as config_lib
-from pplx_jax.train import stages, trainer
-from pplx_jax.train.metrics import read_jsonl
-from pplx_jax.train.pretrain import PretrainTask
+from pplx_jax.convert import load as load_lib
+from pplx_jax.core import checkpoint as ckpt
+from pplx_jax.core import config as config_lib
+from pplx_jax.data.records import read_jsonl
+from pplx_jax.stages import registry, trainer
+from pplx_jax.stages.pretrain.task import PretrainTask
 
 REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
 def data_setup(tmp_path_factory, wordnet_tokenizer):
-  from pplx_jax.data import builders
+  from pplx_jax.stages.pretrain import prepare as pretrain_prepare
   root = tmp_path_factory.mktemp("pretrain")
   tok = root / "tok"
   wordnet_tokenizer.save(tok)
-  ds = builders.prepare_wordnet(root / "data", validation_fraction=0.1, limit=1500)
+  ds = pretrain_prepare.prepare_wordnet(root / "data", validation_fraction=0.1, limit=1500)
   return root, tok, ds
 
 
@@ -54,7 +55,7 @@ def small_config(tok, ds, **over):
 def _params(workdir):
   src = ckpt.resolve(workdir)
   cfg, _ = ckpt.read_model_config(src.path)
-  return ckpt.params_to_numpy(ckpt.restore_params(src.path, cfg))
+  return ckpt.params_to_numpy(load_lib.restore_params(src.path, cfg))
 
 
 def test_sharded_training_equals_single_device(data_setup, tmp_path):
@@ -66,7 +67,7 @@ def test_sharded_training_equals_single_device(data_setup, tmp_path):
                               ("fsdp4_tp2", dict(data=1, fsdp=4, tensor=2), None)):
     cfg = small_config(tok, ds, **{"train.steps": 4, "train.checkpoint_every": 4})
     cfg.mesh.update(mesh)
-    res = stages.run_stage(cfg, tmp_path / name, devices=devices)
+    res = registry.run_stage(cfg, tmp_path / name, devices=devices)
     assert res.step == 4
     runs[name] = (read_jsonl(tmp_path / name / "metrics.jsonl"), _params(tmp_path / name))
   base_metrics, base_params = runs["one"]
@@ -133,7 +134,7 @@ def test_sigkill_and_restart_is_bit_identical(data_setup, tmp_path):
 def test_interrupted_checkpoint_is_never_resumed(data_setup, tmp_path):
   _, tok, ds = data_setup
   cfg = small_config(tok, ds, **{"train.steps": 4, "train.checkpoint_every": 2})
-  stages.run_stage(cfg, tmp_path / "w", devices=jax.devices()[:1])
+  registry.run_stage(cfg, tmp_path / "w", devices=jax.devices()[:1])
   ckdir = tmp_path / "w" / "checkpoints"
   # What an interrupted save leaves behind: a temporary directory orbax has not renamed yet.
   partial = ckdir / "6.orbax-checkpoint-tmp-1234567890"
@@ -142,7 +143,7 @@ def test_interrupted_checkpoint_is_never_resumed(data_setup, tmp_path):
   assert ckpt.manager(tmp_path / "w").latest_step() == 4
   assert ckpt.resolve(tmp_path / "w").path.name == "4"
   cfg = small_config(tok, ds, **{"train.steps": 6, "train.checkpoint_every": 2})
-  res = stages.run_stage(cfg, tmp_path / "w", devices=jax.devices()[:1])
+  res = registry.run_stage(cfg, tmp_path / "w", devices=jax.devices()[:1])
   assert res.step == 6  # resumed from 4, not from the partial 6
 
 
@@ -191,11 +192,11 @@ def test_config_errors_fail_before_compiling(data_setup, tmp_path):
   cfg = small_config(tok, ds, **{"train.global_batch": 6})
   cfg.mesh.update(dict(data=1, fsdp=4, tensor=2))
   with pytest.raises(ValueError, match=r"global batch 6 is not divisible by the batch mesh axes"):
-    stages.run_stage(cfg, tmp_path / "w")
+    registry.run_stage(cfg, tmp_path / "w")
   cfg = small_config(tok, ds, **{"model.num_kv_heads": 1})
   cfg.mesh.update(dict(data=1, fsdp=4, tensor=2))
   with pytest.raises(ValueError, match=r"model.num_kv_heads=1 is not divisible by mesh axes \('tensor',\) of size 2"):
-    stages.run_stage(cfg, tmp_path / "w2")
+    registry.run_stage(cfg, tmp_path / "w2")
   assert not (tmp_path / "w2" / "checkpoints").exists()
 
 
@@ -203,6 +204,7 @@ def test_starts_from_a_hugging_face_checkpoint(data_setup, tmp_path):
   """train.init_from = an HF Qwen3 folder: the run starts from exactly those weights (lr 0 keeps them)."""
   import torch
   from transformers import Qwen3Config, Qwen3ForCausalLM
+
   from pplx_jax.convert import hf
   _, tok, ds = data_setup
   torch.manual_seed(0)
@@ -211,7 +213,7 @@ def test_starts_from_a_hugging_face_checkpoint(data_setup, tmp_path):
   Qwen3ForCausalLM(hc).save_pretrained(tmp_path / "hf")
   cfg = small_config(tok, ds, **{"train.steps": 1, "train.init_from": str(tmp_path / "hf"), "optimizer.lr": 0.0,
                                  "model.rope_theta": 1_000_000.0})
-  stages.run_stage(cfg, tmp_path / "w", devices=jax.devices()[:1])
+  registry.run_stage(cfg, tmp_path / "w", devices=jax.devices()[:1])
   tensors, _ = hf.read_safetensors(tmp_path / "hf")
   mcfg, _ = ckpt.read_model_config(ckpt.resolve(tmp_path / "w").path)
   expected = hf.params_from_hf(tensors, mcfg)
@@ -223,4 +225,4 @@ def test_starts_from_a_hugging_face_checkpoint(data_setup, tmp_path):
   bad = small_config(tok, ds, **{"train.init_from": str(tmp_path / "hf"), "model.mlp_dim": 96,
                                  "model.rope_theta": 1_000_000.0})
   with pytest.raises(ValueError, match=r"mlp_dim: config 96 vs checkpoint 64"):
-    stages.run_stage(bad, tmp_path / "w2", devices=jax.devices()[:1])
+    registry.run_stage(bad, tmp_path / "w2", devices=jax.devices()[:1])

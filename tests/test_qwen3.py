@@ -20,8 +20,8 @@ import transformers
 from flax import nnx
 
 from pplx_jax.convert import hf
-from pplx_jax.models import qwen3
-from pplx_jax.models.config import ModelConfig
+from pplx_jax.core.model_config import ModelConfig
+from pplx_jax.models import encoder
 
 TOL = 1e-5  # max |Δ| against transformers in float32
 
@@ -93,7 +93,7 @@ def ours(name: str, causal: bool):
   hc, m = hf_lm(name, causal)
   cfg = hf.model_config_from_hf(hc.to_dict(), compute_dtype="float32", remat="none",
                                 attention="causal" if causal else "bidirectional")
-  return cfg, qwen3.model_from_params(cfg, hf.params_from_hf(state_dict_np(m), cfg))
+  return cfg, encoder.model_from_params(cfg, hf.params_from_hf(state_dict_np(m), cfg))
 
 
 def padded_batch(case: Case, seed: int = 0):
@@ -166,7 +166,7 @@ def test_lm_logits_match_transformers(name):
   case = CASES[name]
   hc, m = hf_lm(name, True)
   cfg, model = ours(name, True)
-  assert ("lm_head" in qwen3.params_of(model)) is (not case.tied)
+  assert ("lm_head" in encoder.params_of(model)) is (not case.tied)
   ids, mask = padded_batch(case, seed=1)
   with torch.no_grad():
     ref = m(input_ids=torch.tensor(ids, dtype=torch.long),
@@ -258,7 +258,7 @@ def _tiny():
                                                          scan_layers=True)
   rng = np.random.RandomState(0)
   # Random numpy parameters in the model's layout (norm scales around 1, the rest like the 0.02 init).
-  shapes = nnx.to_pure_dict(nnx.state(qwen3.abstract_model(cfg), nnx.Param))
+  shapes = nnx.to_pure_dict(nnx.state(encoder.abstract_model(cfg), nnx.Param))
   params = jax.tree_util.tree_map_with_path(
       lambda p, s: ((1.0 if "norm" in jax.tree_util.keystr(p) else 0.0) + (0.2 if "norm" in jax.tree_util.keystr(p)
                     else 0.02) * rng.randn(*s.shape)).astype(np.float32), shapes)
@@ -282,7 +282,7 @@ def _value_and_grad(graphdef, state, ids, mask, w):
 @functools.lru_cache(maxsize=None)
 def _hidden_and_grad(cfg):
   _, params, ids, mask, w = _tiny()
-  graphdef, state = nnx.split(qwen3.model_from_params(cfg, params))
+  graphdef, state = nnx.split(encoder.model_from_params(cfg, params))
   h, g = _value_and_grad(graphdef, state, ids, mask, w)
   flat = {jax.tree_util.keystr(p): np.asarray(v) for p, v in jax.tree_util.tree_flatten_with_path(
       nnx.to_pure_dict(g))[0]}
@@ -297,7 +297,7 @@ def test_scan_and_remat_variants_agree():
   _, params, ids, mask, _ = _tiny()
   for variant in (dict(scan_layers=False), dict(remat="full"), dict(remat="dots")):
     # The remat is really in the traced program (a checkpoint around the layer body), not silently dropped.
-    model = qwen3.model_from_params(cfg.replace(**variant), params)
+    model = encoder.model_from_params(cfg.replace(**variant), params)
     jaxpr = str(jax.make_jaxpr(lambda i, m: model(i, m))(ids, mask))
     assert bool(re.search(r"\bremat\w*\[", jaxpr)) is ("remat" in variant), variant
     assert bool(re.search(r"\bscan\[", jaxpr)) is ("scan_layers" not in variant), variant
@@ -315,10 +315,10 @@ def test_scan_and_remat_variants_agree():
 def test_bfloat16_compute_is_close_to_float32():
   cfg, params, ids, mask, _ = _tiny()
   ref = _hidden_and_grad(cfg)[0]  # the float32 forward, already compiled for the remat test
-  model16 = qwen3.model_from_params(cfg.replace(compute_dtype="bfloat16"), params)
+  model16 = encoder.model_from_params(cfg.replace(compute_dtype="bfloat16"), params)
   out, _ = _hidden_and_logits(*nnx.split(model16), jnp.asarray(ids), jnp.asarray(mask))
   assert out.dtype == jnp.bfloat16
-  assert qwen3.params_of(model16)["embed_tokens"].dtype == jnp.float32  # params stay in param_dtype
+  assert encoder.params_of(model16)["embed_tokens"].dtype == jnp.float32  # params stay in param_dtype
   out = np.asarray(out.astype(jnp.float32))
   real = mask.astype(bool)
   rel = float(np.linalg.norm(out[real] - ref[real]) / np.linalg.norm(ref[real]))
@@ -341,9 +341,9 @@ def test_round_trip_is_bit_exact(kind):
   sd = state_dict_np(m)
   cfg = hf.model_config_from_hf(hc.to_dict(), compute_dtype="float32", remat="none")
   assert cfg.attention == "bidirectional"
-  model = qwen3.model_from_params(cfg, hf.params_from_hf(sd, cfg))
+  model = encoder.model_from_params(cfg, hf.params_from_hf(sd, cfg))
   prefix = "model." if cls_name == "Qwen3ForCausalLM" else ""
-  back = hf.params_to_hf(qwen3.params_of(model), cfg, prefix=prefix)
+  back = hf.params_to_hf(encoder.params_of(model), cfg, prefix=prefix)
   expected_keys = set(sd)
   if cls_name == "Qwen3ForCausalLM" and tie == "tied":
     # torch's state_dict lists the tied head too; safetensors (save_pretrained) and params_to_hf do not.
@@ -444,7 +444,7 @@ def test_published_config_fields(name):
 def test_published_parameter_counts(name):
   cfg = _load(name)
   _, (pub_total, pub_body), (exact_total, exact_body) = PUBLISHED[name]
-  params = nnx.to_pure_dict(nnx.state(qwen3.abstract_model(cfg), nnx.Param))
+  params = nnx.to_pure_dict(nnx.state(encoder.abstract_model(cfg), nnx.Param))
   sizes = {k: sum(int(np.prod(x.shape)) for x in jax.tree.leaves(v)) for k, v in params.items()}
   actual_total = sum(sizes.values())
   actual_body = actual_total - sizes["embed_tokens"] - sizes.get("lm_head", 0)

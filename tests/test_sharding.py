@@ -10,11 +10,12 @@ import jax
 import numpy as np
 import pytest
 from flax import nnx
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
-from pplx_jax import sharding
-from pplx_jax.models import qwen3
-from pplx_jax.models.config import ModelConfig
+from pplx_jax.core import sharding
+from pplx_jax.core.model_config import ModelConfig
+from pplx_jax.models import encoder
 
 RULES = sharding.DEFAULT_RULES
 SEED = 11
@@ -55,9 +56,9 @@ def reference():
   mask = np.ones((BATCH, LENGTH), np.int32)
   mask[1, 10:] = 0
   mask[6, :5] = 0
-  model = qwen3.create_model(CFG, SEED)
+  model = encoder.create_model(CFG, SEED)
   out = np.asarray(_forward(model, ids, mask))
-  return ids, mask, jax.tree.map(np.asarray, flat(qwen3.params_of(model))), out
+  return ids, mask, jax.tree.map(np.asarray, flat(encoder.params_of(model))), out
 
 
 @functools.lru_cache(maxsize=None)
@@ -70,8 +71,8 @@ def sharded_run(shape_items: tuple):
   resolved = sharding.resolve_mesh_shape(shape, jax.device_count())
   sharding.validate_layout(CFG, resolved, RULES, global_batch=BATCH)
   with sharding.activate(mesh, RULES):
-    sharding.validate_param_sharding(nnx.state(qwen3.abstract_model(CFG)), resolved, RULES)
-    model = qwen3.create_model(CFG, SEED)
+    sharding.validate_param_sharding(nnx.state(encoder.abstract_model(CFG)), resolved, RULES)
+    model = encoder.create_model(CFG, SEED)
     batch = sharding.host_local_to_global({"ids": ids, "mask": mask}, mesh, RULES)
     out = _forward(model, batch["ids"], batch["mask"])
   return mesh, resolved, model, batch, out
@@ -113,8 +114,8 @@ def test_sharded_forward_matches_single_device(shape):
 def jitted_single_device_init():
   """The same init computation create_model compiles under a mesh, compiled for one device."""
   with nnx.use_eager_sharding(False):
-    model = nnx.jit(lambda: qwen3.Qwen3(CFG, rngs=nnx.Rngs(SEED)))()
-  return jax.tree.map(np.asarray, flat(qwen3.params_of(model)))
+    model = nnx.jit(lambda: encoder.Encoder(CFG, rngs=nnx.Rngs(SEED)))()
+  return jax.tree.map(np.asarray, flat(encoder.params_of(model)))
 
 
 @pytest.mark.parametrize("shape", MESHES, ids=mesh_id)
@@ -122,7 +123,7 @@ def test_create_model_under_mesh_gives_identical_parameters(shape):
   _, _, eager_params, _ = reference()
   single = jitted_single_device_init()
   _, _, model, _, _ = sharded_run(tuple(shape.items()))
-  got = flat(qwen3.params_of(model))
+  got = flat(encoder.params_of(model))
   assert got.keys() == single.keys() == eager_params.keys()
   for k, v in got.items():
     assert isinstance(v, jax.Array) and len(v.sharding.device_set) == 8, k
@@ -184,8 +185,8 @@ def test_validate_layout_with_an_unresolved_fill_axis():
 
 
 def test_validate_param_sharding_names_the_tensor():
-  sharding.validate_param_sharding(nnx.state(qwen3.abstract_model(CFG)), {"fsdp": 2, "tensor": 4}, RULES)
-  bad = nnx.state(qwen3.abstract_model(CFG.replace(num_heads=6, num_kv_heads=2)))
+  sharding.validate_param_sharding(nnx.state(encoder.abstract_model(CFG)), {"fsdp": 2, "tensor": 4}, RULES)
+  bad = nnx.state(encoder.abstract_model(CFG.replace(num_heads=6, num_kv_heads=2)))
   with pytest.raises(ValueError) as e:
     sharding.validate_param_sharding(bad, {"fsdp": 2, "tensor": 4}, RULES)
   msg = str(e.value)
@@ -195,7 +196,7 @@ def test_validate_param_sharding_names_the_tensor():
   assert "embed_tokens" not in msg and "gate_proj" not in msg
   with pytest.raises(ValueError, match=r"embed_tokens: dimension 'embed' of size 64 is not divisible by mesh axes "
                                        r"\('fsdp',\) of total size 3 \(shape \(256, 64\)\)"):
-    sharding.validate_param_sharding(nnx.state(qwen3.abstract_model(CFG)), {"fsdp": 3}, RULES)
+    sharding.validate_param_sharding(nnx.state(encoder.abstract_model(CFG)), {"fsdp": 3}, RULES)
 
 
 # ---------------------------------------------------------------------------------------------------- memory
@@ -211,13 +212,13 @@ def test_qwen3_4b_bytes_per_device_from_shapes(shape):
   resolved = sharding.resolve_mesh_shape(shape, 8)
   sharding.validate_layout(cfg, resolved, RULES, global_batch=8)
   with sharding.activate(mesh, RULES):
-    abstract = nnx.eval_shape(lambda: qwen3.create_model(cfg))  # traces the sharded init, allocates nothing
+    abstract = nnx.eval_shape(lambda: encoder.create_model(cfg))  # traces the sharded init, allocates nothing
   state = flat(nnx.to_pure_dict(nnx.state(abstract, nnx.Param)))
   assert all(isinstance(s, jax.ShapeDtypeStruct) for s in state.values())
   per_device = sum(math.prod(s.sharding.shard_shape(s.shape)) * s.dtype.itemsize for s in state.values())
 
   # The same from the abstract model + param_shardings (the path restores and converters take).
-  abstract_state = nnx.state(qwen3.abstract_model(cfg), nnx.Param)
+  abstract_state = nnx.state(encoder.abstract_model(cfg), nnx.Param)
   sharding.validate_param_sharding(abstract_state, resolved, RULES)
   shardings = flat(nnx.to_pure_dict(sharding.param_shardings(abstract_state, mesh, RULES)))
   shapes = flat(nnx.to_pure_dict(abstract_state))
@@ -263,10 +264,10 @@ def test_optimizer_state_is_sharded_like_the_parameters():
   """AdamW's moments must follow their parameters' FSDP sharding (a plain jit(tx.init) replicates them: two full
   float32 model copies per device)."""
   require_8_devices()
-  from pplx_jax.train import optimizer
+  from pplx_jax.stages import optimizer
   mesh = sharding.make_mesh({"data": 1, "fsdp": 8, "tensor": 1})
   with sharding.activate(mesh, RULES):
-    params = qwen3.params_of(qwen3.create_model(CFG))
+    params = encoder.params_of(encoder.create_model(CFG))
   tx, _ = optimizer.make_optimizer(optimizer.default_config(), 100)
   state = optimizer.init_sharded(tx, params)
   by_path = {optimizer._dict_path(k): v for k, v in jax.tree_util.tree_flatten_with_path(params)[0]}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import unicodedata
@@ -13,16 +12,15 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
-from pplx_jax.tokenizers import (  # noqa: E402
+from pplx_jax import cli
+from pplx_jax.core.tokenizers import (
     ENDOFTEXT,
     MASK_TOKEN,
     QWEN_PAT,
     HuggingFaceTokenizer,
     SentencePieceTokenizer,
-    add_train_args,
     iter_documents,
     load_tokenizer,
-    run_train,
     train_byte_level_bpe,
     train_sentencepiece,
 )
@@ -250,13 +248,10 @@ def test_missing_tokenizer_names_path(tmp_path):
 
 @pytest.mark.parametrize("kind", ["sentencepiece", "bpe"])
 def test_cli(kind, corpus, tmp_path, capsys):
-    parser = argparse.ArgumentParser()
-    add_train_args(parser)
     out = tmp_path / "tok"
-    args = parser.parse_args(
-        ["--kind", kind, "--input", str(corpus.parent / "*.txt"), "--vocab-size", "600", "--out", str(out)]
-    )
-    assert run_train(args) == 0
+    args = ["tokenizer", "train", "--kind", kind, "--input", str(corpus.parent / "*.txt"), "--vocab-size", "600",
+            "--out", str(out)]
+    assert cli.main(args) == 0
     printed = capsys.readouterr().out
     assert str(out / "tokenizer_config.json") in printed and "vocab size 600" in printed
     assert load_tokenizer(out).vocab_size == 600

@@ -1,4 +1,4 @@
-"""Tests for pplx_jax.data.wordnet on the real WordNet 3.0 files (Debian `wordnet-base`).
+"""Tests for pplx_jax.data.sources.wordnet on the real WordNet 3.0 files (Debian `wordnet-base`).
 
 The real-data tests deliberately do not skip: without /usr/share/wordnet they fail
 with the FileNotFoundError that tells how to install the database.
@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from pplx_jax.data import wordnet as wn
-from pplx_jax.data.wordnet import (
+from pplx_jax.data.sources import wordnet as wn
+from pplx_jax.data.sources.wordnet import (
     DEFAULT_DIR,
     LEXNAMES,
     Synset,
@@ -428,7 +428,7 @@ def test_split_of_pinned_values_and_hash_seed_independence():
         assert split_of(key, 0.5) == seed0
         assert split_of(key, 0.5, seed=1) == seed1
     code = (
-        "from pplx_jax.data.wordnet import split_of;"
+        "from pplx_jax.data.sources.wordnet import split_of;"
         "print(','.join(split_of(k, 0.5) for k in %r))" % list(pinned)
     )
     outs = set()

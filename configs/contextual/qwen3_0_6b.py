@@ -2,7 +2,7 @@
 
 Paper values: α = 0.2, β cosine 0.2 -> 0.5, false-negative margin 0.1, q-q negatives in L_global, int8 QAT.
 Not in the paper (ours): chunks per document, chunk length, batch, steps, LR, τ. Sources: ConTEB train and
-MLDR-derived synthetic documents, prepared with `pplx_jax.data.contextual.prepare_contextual`.
+MLDR-derived synthetic documents, prepared with `pplx_jax.stages.contextual.prepare.prepare_contextual`.
 """
 
 from configs.contextual.base import paper_scale

@@ -2,9 +2,13 @@
 
 import ml_collections
 
-from pplx_jax.train.contrastive import default_data_config, default_eval_config, default_objective_config
-from pplx_jax.train.optimizer import default_config as optimizer_config
-from pplx_jax.train.trainer import default_train_config
+from pplx_jax.stages.contrastive.task import (
+  default_data_config,
+  default_eval_config,
+  default_objective_config,
+)
+from pplx_jax.stages.optimizer import default_config as optimizer_config
+from pplx_jax.stages.trainer import default_train_config
 
 
 def base(model: ml_collections.ConfigDict, kind: str = "pair") -> ml_collections.ConfigDict:

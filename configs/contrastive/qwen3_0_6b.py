@@ -1,7 +1,7 @@
 """Paper scale, Qwen3-0.6B pair stage: 65,536 in-batch negatives with GradCache, int8 QAT, three-phase curriculum.
 
 `get_config("v5p-64")`. Sources: English pairs, cross-lingual pairs, multilingual pairs (prepared with
-`pplx-jax prepare-pairs` / `pplx_jax.data.pairs.prepare_pairs`); phases: English -> + cross-lingual -> all.
+`pplx-jax prepare-pairs` / `pplx_jax.stages.contrastive.prepare.prepare_pairs`); phases: English -> + cross-lingual -> all.
 Settings shared with the other sizes: `configs/contrastive/base.py:paper_scale_pairs`.
 """
 

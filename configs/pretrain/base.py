@@ -2,9 +2,9 @@
 
 import ml_collections
 
-from pplx_jax.train.optimizer import default_config as optimizer_config
-from pplx_jax.train.pretrain import default_data_config, default_objective_config
-from pplx_jax.train.trainer import default_train_config
+from pplx_jax.stages.optimizer import default_config as optimizer_config
+from pplx_jax.stages.pretrain.task import default_data_config, default_objective_config
+from pplx_jax.stages.trainer import default_train_config
 
 
 def base(model: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -12,7 +12,7 @@ def base(model: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   cfg.stage = "pretrain"
   cfg.model = model
   cfg.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1))
-  # Empty = pplx_jax.sharding.DEFAULT_RULES; otherwise a list of [logical_name, mesh_axes] pairs.
+  # Empty = pplx_jax.core.sharding.DEFAULT_RULES; otherwise a list of [logical_name, mesh_axes] pairs.
   cfg.sharding = ml_collections.ConfigDict(dict(rules=()))
   cfg.data = default_data_config()
   cfg.objective = default_objective_config()

@@ -12,7 +12,8 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from pplx_jax.models.config import ModelConfig
+from pplx_jax.core.errors import UserError
+from pplx_jax.core.model_config import ModelConfig
 
 SUPPORTED_ARCHITECTURES = ("Qwen3ForCausalLM", "Qwen3Model", "PPLXQwen3Model", "Qwen3ForSequenceClassification")
 SUPPORTED_MODEL_TYPES = ("qwen3", "bidirectional_pplx_qwen3")
@@ -39,7 +40,7 @@ LAYER_MAP: dict[str, tuple[str, Callable, Callable]] = {
 }
 
 
-class ConversionError(ValueError):
+class ConversionError(UserError):
   pass
 
 
@@ -205,8 +206,8 @@ def safetensors_files(folder: str | os.PathLike) -> list[Path]:
 
 def read_safetensors(folder: str | os.PathLike) -> tuple[dict[str, np.ndarray], str]:
   """All tensors of a folder as numpy (bfloat16 via ml_dtypes), and the dtype name they were stored in."""
-  from safetensors import safe_open
   import ml_dtypes  # noqa: F401  (registers numpy bfloat16)
+  from safetensors import safe_open
 
   tensors: dict[str, np.ndarray] = {}
   dtypes = set()

@@ -34,14 +34,12 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from pplx_jax import checkpoint as ckpt
-from pplx_jax.checkpoint import CheckpointError
-from pplx_jax.convert.convert import _source_params, staged_output
+from pplx_jax.convert.load import source_params
+from pplx_jax.core import checkpoint as ckpt
+from pplx_jax.core.checkpoint import CheckpointError
+from pplx_jax.core.paths import staged_output
 
 log = logging.getLogger(__name__)
-
-__all__ = ["MergeError", "ARCHITECTURE_FIELDS", "slerp", "lerp", "slerp_tree", "merge_checkpoints",
-           "add_merge_args", "run_merge"]
 
 DOT_THRESHOLD = 0.9995
 EPS = 1e-8
@@ -239,7 +237,7 @@ def merge_checkpoints(a_path: str | os.PathLike, b_path: str | os.PathLike, t: f
                       eps: float = EPS) -> Path:
   """SLERP(A, B, t) of two models -> a pplx-jax workdir at `out_dir` (checkpoint step 0).
 
-  A and B are any model paths :func:`pplx_jax.checkpoint.resolve` accepts (HF / sentence-transformers
+  A and B are any model paths :func:`pplx_jax.core.checkpoint.resolve` accepts (HF / sentence-transformers
   folders, checkpoint steps, workdirs). They must agree on :data:`ARCHITECTURE_FIELDS` and hold the same
   tensors with the same shapes (a :class:`MergeError` names the field or tensor). The output takes A's
   tokenizer (B's if A has none), A's runtime config fields and A's parameter dtypes; its ``config.json``
@@ -255,8 +253,8 @@ def merge_checkpoints(a_path: str | os.PathLike, b_path: str | os.PathLike, t: f
   if out.exists() and (not out.is_dir() or any(out.iterdir())):  # fail before loading two models
     raise FileExistsError(f"{out}: destination exists and is not empty; choose a new path")
   src_a, src_b = ckpt.resolve(a_path), ckpt.resolve(b_path)
-  params_a, cfg_a, tok_a, extra_a = _source_params(a_path)
-  params_b, cfg_b, tok_b, extra_b = _source_params(b_path)
+  params_a, cfg_a, tok_a, extra_a = source_params(a_path)
+  params_b, cfg_b, tok_b, extra_b = source_params(b_path)
   if src_a.kind == "hf" and extra_a.get("source_dtype") in ("float32", "bfloat16", "float16"):
     cfg_a = cfg_a.replace(param_dtype=extra_a["source_dtype"])  # as `convert --to jax`: keep the stored dtype
   a_name, b_name = f"A ({a_path})", f"B ({b_path})"
@@ -290,24 +288,3 @@ def merge_checkpoints(a_path: str | os.PathLike, b_path: str | os.PathLike, t: f
       ckpt.copy_tokenizer(tok_dir, tmp / ckpt.TOKENIZER)
     (tmp / "config.json").write_text(json.dumps({"model": cfg_a.to_dict(), "merge": record}, indent=2))
   return Path(out_dir)
-
-
-# ---------------------------------------------------------------------------------------------
-# CLI: `pplx-jax merge A B --t 0.5 --out DIR`
-
-
-def add_merge_args(p) -> None:
-  p.add_argument("a", help="model at t=0 (Hugging Face folder, pplx-jax checkpoint step or workdir)")
-  p.add_argument("b", help="model at t=1 (same kinds of path)")
-  p.add_argument("--t", type=float, default=0.5, help="interpolation weight in [0, 1] (default 0.5)")
-  p.add_argument("--out", required=True, help="output workdir (must not exist or be empty)")
-  p.add_argument("--dot-threshold", type=float, default=DOT_THRESHOLD,
-                 help="use linear interpolation for tensors with |cos angle| above this (mergekit: 0.9995)")
-
-
-def run_merge(args) -> int:
-  out = merge_checkpoints(args.a, args.b, args.t, args.out, dot_threshold=args.dot_threshold)
-  record = json.loads((Path(out) / "config.json").read_text())["merge"]
-  print(f"wrote {out}: SLERP t={record['t']} of {args.a} (t=0) and {args.b} (t=1); {record['tensors']} tensors, "
-        f"{len(record['lerp_tensors'])} nearly parallel (linear interpolation)")
-  return 0

@@ -9,7 +9,7 @@
 
 Each chunk is tokenized alone (the tokenizer's default encoding), chunks are joined with the separator
 (``<|endoftext|>``, id 151643 in Qwen3 vocabularies), one bidirectional pass runs over the document (or over each
-window of `max_length` tokens that `pplx_jax.late_chunking.plan_windows` assigns chunks to when the document is
+window of `max_length` tokens that `pplx_jax.models.late_chunking.plan_windows` assigns chunks to when the document is
 longer), and each chunk's embedding is the float32 mean of ``last_hidden_state`` over its own tokens (separators
 excluded). Quantise with `pplx_jax.models.pooling.quantize_np` (int8: round(127 tanh x); binary: sign bits).
 The window planning is imported from pplx_jax (NumPy only at call time), so both paths pick identical windows.
@@ -21,7 +21,7 @@ from typing import Sequence
 
 import numpy as np
 
-ENDOFTEXT = "<|endoftext|>"
+from pplx_jax.core.tokenizers import ENDOFTEXT
 
 
 def default_sep_id(tokenizer) -> int:
@@ -40,7 +40,7 @@ def contextual_embed(model, tokenizer, docs: Sequence[Sequence[str]], sep_id: in
   """Late-chunked embeddings: one float32 [n_chunks, D] array per document of `docs` (lists of chunk strings)."""
   import torch
 
-  from pplx_jax.late_chunking import plan_windows
+  from pplx_jax.models.late_chunking import plan_windows
 
   sep_id = default_sep_id(tokenizer) if sep_id is None else int(sep_id)
   pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else sep_id

@@ -6,7 +6,7 @@ for the *same model* used two ways, side by side:
 
 Queries are embedded alone in both (a query is a one-chunk document: the same vector either way). The difference
 between the two rows is what the document context contributes; on the WordNet contextual set
-(:mod:`pplx_jax.data.wordnet_contextual`) many gold chunks are word-for-word copies of chunks of other documents,
+(:mod:`pplx_jax.stages.contextual.wordnet_docs`) many gold chunks are word-for-word copies of chunks of other documents,
 so only the contextual row can rank them first.
 """
 
@@ -16,7 +16,7 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
-from pplx_jax.eval.retrieval import DTYPES, EvalError, as_relevant, retrieval_scores
+from pplx_jax.eval.metrics import DTYPES, EvalError, as_relevant, retrieval_scores
 
 MODES = ("contextual", "non_contextual")
 
@@ -49,8 +49,8 @@ def evaluate_with_model(model, tokenizer, queries: Sequence[str], docs: Sequence
                         dtypes: Iterable[str] = DTYPES, dims=(None,), ks: Iterable[int] = (1, 10, 100), *,
                         batch_size: int = 64, max_length: int = 512, multiple: int = 1) -> dict[str, float]:
   """Both modes with an in-memory model under the caller's mesh (training-time evaluation)."""
-  from pplx_jax.embed_contextual import embed_documents_with_model
-  from pplx_jax.train.contrastive import embed_with_model
+  from pplx_jax.inference.contextual import embed_documents_with_model
+  from pplx_jax.inference.embed import embed_with_model
 
   dtypes = list(dtypes)
   rel = _check(queries, docs, qrels, dtypes)
@@ -63,11 +63,13 @@ def evaluate_model(model_path: str, queries: Sequence[str], docs: Sequence[Seque
                    dtypes: Iterable[str] = DTYPES, dims=(None,), ks: Iterable[int] = (1, 10, 100), *,
                    batch_size: int = 32, max_length: int = 512, compute_dtype: str = "float32") -> dict[str, float]:
   """Both modes with the model at `model_path` (loaded once), batches sharded over the local devices."""
-  from pplx_jax import embed, embed_contextual
+  from pplx_jax.inference import contextual as embed_contextual
+  from pplx_jax.inference import embed
+  from pplx_jax.inference import load as inference_load
 
   dtypes = list(dtypes)
   rel = _check(queries, docs, qrels, dtypes)
-  model, cfg, tok, mesh, rules = embed_contextual.load(str(model_path), compute_dtype)
+  model, cfg, tok, mesh, rules = inference_load.load(str(model_path), compute_dtype)
   texts = list(queries) + _flatten(docs)
   plain = embed.embed_token_ids(embed.make_embed_fn(model, mesh, rules), tok.encode_batch(texts), tok.pad_id,
                                 batch_size, max_length, multiple=mesh.size)

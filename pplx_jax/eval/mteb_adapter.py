@@ -10,7 +10,7 @@
 nothing here needs the hub. The encoder loads the model once and returns mean-pooled embeddings; with
 ``dtype="int8"`` it returns the int8 codes and with ``dtype="binary"`` the ±1 sign vectors (as float32), whose
 cosine similarity (mteb's default) ranks exactly like the cosine of the codes and the Hamming similarity used
-by :mod:`pplx_jax.eval.retrieval`. mteb/pytrec_eval break score ties by doc id (descending); our metrics by
+by :mod:`pplx_jax.eval.metrics`. mteb/pytrec_eval break score ties by doc id (descending); our metrics by
 doc index (ascending): doc ids here are zero-padded indices, so the two rules only differ on exact ties.
 """
 
@@ -45,7 +45,7 @@ class PplxEncoder:
     model_path: the model.
     dtype: "float32" (default), "int8" (codes round(127·tanh(x))) or "binary" (±1 signs) embeddings.
     dim: keep the first `dim` dimensions (Matryoshka) before quantising.
-    batch_size, max_length, compute_dtype: as ``pplx_jax.embed.embed_texts``. mteb's ``encode_kwargs``
+    batch_size, max_length, compute_dtype: as ``pplx_jax.inference.embed.embed_texts``. mteb's ``encode_kwargs``
       batch size only shapes its DataLoader; batching for the model is ours (length-bucketed).
     name: the mteb model name (must contain "/"; default ``pplx-jax/<folder name>``).
   """
@@ -54,30 +54,20 @@ class PplxEncoder:
                batch_size: int = 32, max_length: int = 512, compute_dtype: str = "float32",
                name: str | None = None):
     _require_mteb()
-    import jax
     from mteb.models.model_meta import ModelMeta
 
-    from pplx_jax import checkpoint as ckpt
-    from pplx_jax import embed
-    from pplx_jax import sharding as shd
-    from pplx_jax.tokenizers import load_tokenizer
+    from pplx_jax.inference import embed, load
 
     if dtype not in _DTYPES:
       raise ValueError(f"dtype must be one of {_DTYPES}, got {dtype!r}")
     self.model_path = str(model_path)
     self.dtype, self.dim = dtype, dim
     self.batch_size, self.max_length = batch_size, max_length
-    self._mesh = shd.make_mesh({"data": -1, "fsdp": 1, "tensor": 1}, jax.local_devices())
-    rules = shd.DEFAULT_RULES
-    model, cfg, tok_dir = ckpt.load_model(model_path, mesh=self._mesh, rules=rules, compute_dtype=compute_dtype,
-                                          remat="none")
-    if tok_dir is None:
-      raise embed.InputError(f"{model_path}: no tokenizer files found beside the model")
+    model, cfg, self._tok, self._mesh, rules = load.load(self.model_path, compute_dtype)
     if dim is not None and not 0 < dim <= cfg.hidden_size:
       raise ValueError(f"dim must be in 1..{cfg.hidden_size}, got {dim}")
     self.model = model
     self.model_config = cfg
-    self._tok = load_tokenizer(tok_dir)
     self._run = embed.make_embed_fn(model, self._mesh, rules)
     self.mteb_model_meta = ModelMeta(
         loader=None, name=name or f"pplx-jax/{Path(model_path).resolve().name}", revision="local",
@@ -88,13 +78,10 @@ class PplxEncoder:
 
   def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
     """Float32 mean-pooled embeddings [N, D] (before truncation and quantisation), in input order."""
-    from pplx_jax import embed
+    from pplx_jax.inference import embed, load
 
     ids = self._tok.encode_batch(list(texts))
-    vocab = self.model_config.vocab_size
-    bad = [i for i, t in enumerate(ids) if t and max(t) >= vocab]
-    if bad:
-      raise embed.InputError(f"text {bad[0]} has token id {max(ids[bad[0]])} >= model vocab_size {vocab}")
+    load.check_token_ids(ids, self.model_config.vocab_size)
     if not ids:
       return np.zeros((0, self.model_config.hidden_size), np.float32)
     return embed.embed_token_ids(self._run, ids, self._tok.pad_id, self.batch_size, self.max_length,
@@ -105,7 +92,7 @@ class PplxEncoder:
     if self.dim is not None:
       emb = emb[:, :self.dim]
     if self.dtype == "int8":
-      from pplx_jax.models.pooling import quantize_int8_np
+      from pplx_jax.models.quantize import quantize_int8_np
       return quantize_int8_np(emb).astype(np.float32)
     if self.dtype == "binary":
       return np.where(emb >= 0, 1.0, -1.0).astype(np.float32)
@@ -130,7 +117,7 @@ class PplxEncoder:
 
 
 def _qrels_dict(qrels, num_queries: int, num_docs: int) -> list[np.ndarray]:
-  from pplx_jax.eval.retrieval import as_relevant
+  from pplx_jax.eval.metrics import as_relevant
   return as_relevant(qrels, num_queries, num_docs)
 
 
@@ -138,7 +125,7 @@ def local_retrieval_task(queries: Sequence[str], docs: Sequence[str], qrels, *,
                          name: str = "PplxJaxLocalRetrieval", split: str = "test",
                          description: str = "A local retrieval task built in memory by pplx_jax."):
   """An mteb ``AbsTaskRetrieval`` over in-memory data (no download): query ids ``q<i>``, doc ids ``d<j>``
-  (zero-padded), ``qrels`` by index in any form :func:`pplx_jax.eval.retrieval.as_relevant` accepts. Queries
+  (zero-padded), ``qrels`` by index in any form :func:`pplx_jax.eval.metrics.as_relevant` accepts. Queries
   without a relevant doc are left out (mteb needs judgements for every query it scores)."""
   _require_mteb()
   from datasets import Dataset

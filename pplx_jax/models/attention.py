@@ -107,8 +107,12 @@ def _mesh_axes(logical: str) -> tuple[str, ...]:
 # Not cached: the kernel holds its block-sparsity tables as arrays staged into the current trace (a cached kernel
 # would leak them into the next one); building it is a few NumPy ops on a (S/512)^2 block grid.
 def _splash_kernel(num_heads: int, seq_len: int, causal: bool, interpret: bool):
-  from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as sk
-  from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as sm
+  from jax.experimental.pallas.ops.tpu.splash_attention import (
+    splash_attention_kernel as sk,
+  )
+  from jax.experimental.pallas.ops.tpu.splash_attention import (
+    splash_attention_mask as sm,
+  )
 
   if seq_len % SPLASH_MIN_BLOCK:
     raise ValueError(f"model.attention_impl='splash' needs the sequence length to be a multiple of "
@@ -128,7 +132,9 @@ def splash_attention(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.
   Padding (segment id 0) attends only padding, as in the reference, so no row is fully masked (splash requires
   that). `interpret=None`: interpret mode unless the target platform is TPU.
   """
-  from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as sk
+  from jax.experimental.pallas.ops.tpu.splash_attention import (
+    splash_attention_kernel as sk,
+  )
 
   if interpret is None:
     interpret = target_platform() != "tpu"

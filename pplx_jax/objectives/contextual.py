@@ -36,49 +36,19 @@ Memory: the in-batch block is [N, N*C]; like every block here it is pinned row-s
 
 from __future__ import annotations
 
-import hashlib
-from typing import Iterable, Sequence
-
 import jax
 import jax.numpy as jnp
-import numpy as np
 
+from pplx_jax.core.sharding import constrain
 from pplx_jax.models.pooling import normalize
-from pplx_jax.objectives.contrastive import batch_similarities, masked_logsumexp, mean_where, pair_infonce
-from pplx_jax.sharding import constrain
+from pplx_jax.objectives.contrastive import (
+  batch_similarities,
+  masked_logsumexp,
+  mean_where,
+  pair_infonce,
+)
 
 ROWS = ("act_batch", None)
-
-
-# ---------------------------------------------------------------- host helpers
-
-
-def _content_bytes(text: str | bytes | Sequence[str]) -> bytes:
-  # A chunk list is the document it concatenates to: a different chunking of the same text is the same document.
-  if isinstance(text, bytes):
-    return text
-  if not isinstance(text, str):
-    text = "".join(text)
-  return text.encode("utf-8")
-
-
-def content_hash_ids(texts: Iterable[str | bytes | Sequence[str]]) -> np.ndarray:
-  """[N] int32 ids of the MD5 equivalence classes of the texts, numbered in order of first occurrence: identical
-  contents share an id. Ids are only comparable within one call: for a global batch assembled from several hosts,
-  use `content_hash_words`."""
-  classes: dict[bytes, int] = {}
-  return np.asarray([classes.setdefault(hashlib.md5(_content_bytes(t)).digest(), len(classes)) for t in texts],
-                    np.int32)
-
-
-def content_hash_words(texts: Iterable[str | bytes | Sequence[str]], words: int = 2) -> np.ndarray:
-  """[N, words] int32: the first 32·words bits of each text's MD5, identical on every host without communication.
-  With 2 words a false match needs a 64-bit collision (~N^2 / 2^65 per batch); one int32 word would collide with
-  probability ~0.4 at N = 65,536."""
-  if not 1 <= words <= 4:
-    raise ValueError(f"content_hash_words: words={words} must be in 1..4 (MD5 has 128 bits)")
-  digests = [hashlib.md5(_content_bytes(t)).digest()[:4 * words] for t in texts]
-  return np.frombuffer(b"".join(digests), dtype="<i4").reshape(len(digests), words).astype(np.int32)
 
 
 # ---------------------------------------------------------------- similarities and masks

@@ -33,8 +33,9 @@ from typing import Callable, Sequence
 import jax
 import jax.numpy as jnp
 
-from pplx_jax.models.pooling import cosine_similarity, int8_ste, pool, truncate
-from pplx_jax.sharding import constrain
+from pplx_jax.core.sharding import constrain
+from pplx_jax.models.pooling import cosine_similarity, pool
+from pplx_jax.models.quantize import int8_ste, truncate
 
 QUANTIZE = ("int8", "none")
 

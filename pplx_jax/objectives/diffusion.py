@@ -34,7 +34,7 @@ from typing import Any, Callable, Mapping, Sequence
 import jax
 import jax.numpy as jnp
 
-from pplx_jax.sharding import constrain
+from pplx_jax.core.sharding import constrain
 
 T_SAMPLERS = ("iid", "stratified", "count")
 WEIGHTINGS = ("elbo", "none")

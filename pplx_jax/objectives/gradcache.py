@@ -39,12 +39,12 @@ from flax import nnx
 from flax.core import spmd as flax_spmd
 from jax.sharding import PartitionSpec as P
 
-from pplx_jax import sharding as shd
+from pplx_jax.core import sharding as shd
 from pplx_jax.objectives.contrastive import embed
 
-# tower name -> (ids key, mask key) in the batch. Hard negatives may be [N, K, S] or flattened [N*K, S].
-DEFAULT_TOWERS: dict[str, tuple[str, str]] = {"q": ("q_ids", "q_mask"), "d": ("d_ids", "d_mask"),
-                                              "h": ("h_ids", "h_mask")}
+# tower name (the objectives' q, d, h) -> (ids key, mask key) of the contrastive batch (stages/contrastive/data.py
+# names the hard negatives n_*). Hard negatives may be [N, K, S] or flattened [N*K, S].
+TOWERS: dict[str, tuple[str, str]] = {"q": ("q_ids", "q_mask"), "d": ("d_ids", "d_mask"), "h": ("n_ids", "n_mask")}
 
 
 def _batch_names(ndim: int, leading: tuple = ()) -> tuple:
@@ -151,7 +151,7 @@ def grad_cached(embed_fn: Callable[[Any, Any], Any], loss_fn: Callable[[Any], tu
 # ---- what a trainer Task calls ----
 
 
-def embed_towers(model, batch: Mapping[str, jax.Array], towers: Mapping[str, tuple[str, str]] = DEFAULT_TOWERS,
+def embed_towers(model, batch: Mapping[str, jax.Array], towers: Mapping[str, tuple[str, str]] = TOWERS,
                  quantize: str = "int8", pooling: str = "mean") -> dict[str, jax.Array]:
   """{tower: embeddings} of the towers present in `batch`: [n, S] ids give [n, D], [n, K, S] ids give [n, K, D].
 
@@ -186,7 +186,7 @@ def embed_towers(model, batch: Mapping[str, jax.Array], towers: Mapping[str, tup
   return out
 
 
-def model_embed_fn(graphdef, towers: Mapping[str, tuple[str, str]] = DEFAULT_TOWERS, quantize: str = "int8",
+def model_embed_fn(graphdef, towers: Mapping[str, tuple[str, str]] = TOWERS, quantize: str = "int8",
                    pooling: str = "mean"):
   """embed_fn(params, batch_chunk) -> {tower: embeddings} for an NNX model split into (graphdef, pure-dict params),
   the form the trainer hands to `Task.loss_and_grad`."""
@@ -194,7 +194,7 @@ def model_embed_fn(graphdef, towers: Mapping[str, tuple[str, str]] = DEFAULT_TOW
                                             pooling)
 
 
-def tower_inputs(batch: Mapping[str, jax.Array], towers: Mapping[str, tuple[str, str]] = DEFAULT_TOWERS) -> dict:
+def tower_inputs(batch: Mapping[str, jax.Array], towers: Mapping[str, tuple[str, str]] = TOWERS) -> dict:
   """The batch entries the encoder reads (ids and masks of the towers present)."""
   keys = [k for pair in towers.values() for k in pair]
   return {k: batch[k] for k in keys if k in batch}
@@ -202,7 +202,7 @@ def tower_inputs(batch: Mapping[str, jax.Array], towers: Mapping[str, tuple[str,
 
 def loss_and_grad(graphdef, params, batch: Mapping[str, jax.Array],
                   objective: Callable[[dict, Mapping[str, jax.Array]], tuple[jax.Array, dict]], num_chunks: int,
-                  towers: Mapping[str, tuple[str, str]] = DEFAULT_TOWERS, quantize: str = "int8",
+                  towers: Mapping[str, tuple[str, str]] = TOWERS, quantize: str = "int8",
                   pooling: str = "mean") -> tuple[jax.Array, dict, Any]:
   """GradCache step for the trainer hook `Task.loss_and_grad(graphdef, params, batch, rng)`:
   (loss, metrics, grads) of objective(embeddings, batch), e.g. `contrastive.pair_objective(...)`, with the encoder
@@ -212,7 +212,7 @@ def loss_and_grad(graphdef, params, batch: Mapping[str, jax.Array],
                      param_specs=partition_specs(graphdef, params))
 
 
-def full_loss(model, batch: Mapping[str, jax.Array], objective, towers: Mapping[str, tuple[str, str]] = DEFAULT_TOWERS,
+def full_loss(model, batch: Mapping[str, jax.Array], objective, towers: Mapping[str, tuple[str, str]] = TOWERS,
               quantize: str = "int8", pooling: str = "mean") -> tuple[jax.Array, dict]:
   """The same objective without chunking, as a `Task.loss(model, batch, rng)` body (the trainer differentiates it)."""
   return objective(embed_towers(model, batch, towers, quantize, pooling), batch)

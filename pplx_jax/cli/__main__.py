@@ -1,0 +1,5 @@
+import sys
+
+from pplx_jax.cli.app import main
+
+sys.exit(main())

@@ -1,0 +1,74 @@
+"""Parameters and models from any model path: a Hugging Face / sentence-transformers folder, a pplx-jax checkpoint
+step, or a run's workdir (its newest complete checkpoint).
+
+`source_params` gives host (NumPy) parameters for conversions and merges; `restore_params` restores a checkpoint
+straight into the shardings of the current mesh and rules (so a checkpoint written on one mesh restores on another);
+`load_model` builds the model from either kind of path. Training (`train.init_from`) and inference
+(`pplx_jax.inference.load`) go through `load_model`, so a model is read one way everywhere.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+from flax import nnx
+
+from pplx_jax.convert import hf
+from pplx_jax.convert import load as load_lib
+from pplx_jax.core import checkpoint as ckpt
+from pplx_jax.core.checkpoint import CheckpointError, read_model_config, resolve
+from pplx_jax.core.model_config import ModelConfig
+from pplx_jax.models import encoder
+
+
+def restore_params(step_dir: str | os.PathLike, model_cfg: ModelConfig, mesh=None, rules=None) -> dict[str, Any]:
+  """Restore params into the shardings the *current* mesh and rules give (so a checkpoint reshards on restore)."""
+  from pplx_jax.core import sharding as shd
+
+  _, abstract_state = nnx.split(encoder.abstract_model(model_cfg))
+  pure = nnx.to_pure_dict(abstract_state)
+  if mesh is None:
+    dev = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    shardings = jax.tree.map(lambda _: dev, pure)
+  else:
+    shardings = nnx.to_pure_dict(shd.param_shardings(abstract_state, mesh, rules or shd.DEFAULT_RULES))
+  target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), pure, shardings)
+  item = Path(step_dir).resolve() / "params"
+  try:
+    return ocp.StandardCheckpointer().restore(item, target)
+  except (ValueError, KeyError) as e:
+    raise CheckpointError(f"{item}: parameters do not match the model config: {e}") from None
+
+
+def load_model(path: str | os.PathLike, mesh=None, rules=None, **config_overrides):
+  """(model, model_cfg, tokenizer_dir) from any model path `resolve` accepts."""
+  src = resolve(path)
+  if src.kind == "hf":
+    from pplx_jax.convert import hf
+    cfg = hf.model_config_from_hf(hf.read_hf_config(src.path), source=str(src.path / "config.json"),
+                                  **config_overrides)
+    tensors, _ = hf.read_safetensors(src.path)
+    params = hf.params_from_hf(tensors, cfg, source=str(src.path))
+    return encoder.model_from_params(cfg, params, mesh, rules), cfg, src.tokenizer_dir
+  cfg, _ = read_model_config(src.path)
+  if config_overrides:
+    cfg = cfg.replace(**{k: v for k, v in config_overrides.items() if v is not None})
+  params = restore_params(src.path, cfg, mesh, rules)
+  return encoder.model_from_params(cfg, params, mesh, rules), cfg, src.tokenizer_dir
+
+
+def source_params(src: str | os.PathLike) -> tuple[dict[str, Any], Any, Path | None, dict[str, Any]]:
+  """(numpy params, model config, tokenizer dir, extra metadata) from any model path."""
+  source = ckpt.resolve(src)
+  if source.kind == "hf":
+    cfg = hf.model_config_from_hf(hf.read_hf_config(source.path), source=str(source.path / "config.json"))
+    tensors, dtype = hf.read_safetensors(source.path)
+    params = hf.params_from_hf(tensors, cfg, source=str(source.path))
+    return params, cfg, source.tokenizer_dir, {"source": str(source.path), "source_dtype": dtype}
+  cfg, extra = ckpt.read_model_config(source.path)
+  params = ckpt.params_to_numpy(load_lib.restore_params(source.path, cfg))
+  return params, cfg, source.tokenizer_dir, extra

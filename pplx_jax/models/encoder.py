@@ -1,0 +1,258 @@
+"""The Qwen3 encoder: one definition for every stage (diffusion, contrastive, contextual).
+
+Computes the same function as transformers' `Qwen3Model` (and, with the LM head, `Qwen3ForCausalLM`): token
+embedding, pre-norm blocks of [RMSNorm -> GQA attention with per-head q/k RMSNorm and RoPE -> residual,
+RMSNorm -> SwiGLU -> residual], final RMSNorm. With `attention="bidirectional"` only padding and segment
+boundaries are masked — the pplx-embed encoder.
+
+Parameters carry Hugging Face's names (so the conversion map reads like a table) and are stacked over layers with a
+leading `layers` axis; the forward pass scans a pure per-layer function over that axis.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from jax.ad_checkpoint import checkpoint_name
+
+from pplx_jax.core.model_config import ModelConfig
+from pplx_jax.core.sharding import constrain, to_dtype
+from pplx_jax.models import attention as attn_lib
+
+# name -> (shape function of the config, logical axes, initializer kind)
+LAYER_PARAMS = {
+    "q_proj": (lambda c: (c.hidden_size, c.num_heads, c.head_dim), ("embed", "q_heads", "head_dim"), "normal"),
+    "k_proj": (lambda c: (c.hidden_size, c.num_kv_heads, c.head_dim), ("embed", "kv_heads", "head_dim"), "normal"),
+    "v_proj": (lambda c: (c.hidden_size, c.num_kv_heads, c.head_dim), ("embed", "kv_heads", "head_dim"), "normal"),
+    "o_proj": (lambda c: (c.num_heads, c.head_dim, c.hidden_size), ("q_heads", "head_dim", "embed"), "normal"),
+    "q_norm": (lambda c: (c.head_dim,), ("norm",), "ones"),
+    "k_norm": (lambda c: (c.head_dim,), ("norm",), "ones"),
+    "input_layernorm": (lambda c: (c.hidden_size,), ("norm",), "ones"),
+    "post_attention_layernorm": (lambda c: (c.hidden_size,), ("norm",), "ones"),
+    "gate_proj": (lambda c: (c.hidden_size, c.mlp_dim), ("embed", "mlp"), "normal"),
+    "up_proj": (lambda c: (c.hidden_size, c.mlp_dim), ("embed", "mlp"), "normal"),
+    "down_proj": (lambda c: (c.mlp_dim, c.hidden_size), ("mlp", "embed"), "normal"),
+}
+
+INIT_STD = 0.02  # transformers' Qwen3 initializer_range
+
+
+def rms_norm(x: jax.Array, weight: jax.Array, eps: float) -> jax.Array:
+  """RMSNorm in float32, cast back before the scale, exactly as transformers' Qwen3RMSNorm."""
+  dtype = x.dtype
+  x32 = x.astype(jnp.float32)
+  x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
+  return weight.astype(dtype) * x32.astype(dtype)
+
+
+def rope_tables(positions: jax.Array, head_dim: int, theta: float) -> tuple[jax.Array, jax.Array]:
+  """cos/sin [B, S, head_dim] in float32 (rotate-half layout: the two halves share frequencies)."""
+  inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
+  freqs = positions.astype(jnp.float32)[..., None] * inv_freq
+  emb = jnp.concatenate([freqs, freqs], axis=-1)
+  return jnp.cos(emb), jnp.sin(emb)
+
+
+def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+  """x: [B, S, heads, head_dim]."""
+  cos = cos[:, :, None, :].astype(x.dtype)
+  sin = sin[:, :, None, :].astype(x.dtype)
+  half = x.shape[-1] // 2
+  rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+  return x * cos + rotated * sin
+
+
+def segment_positions(segment_ids: jax.Array) -> jax.Array:
+  """Position of each token within its segment (packed rows restart at 0; right padding keeps arange)."""
+  s = segment_ids.shape[-1]
+  idx = jnp.broadcast_to(jnp.arange(s, dtype=jnp.int32), segment_ids.shape)
+  is_start = jnp.concatenate([jnp.ones_like(segment_ids[:, :1], bool), segment_ids[:, 1:] != segment_ids[:, :-1]], 1)
+  start = jax.lax.cummax(jnp.where(is_start, idx, 0), axis=1)
+  return idx - start
+
+
+def decoder_layer(p: dict[str, jax.Array], x: jax.Array, cos: jax.Array, sin: jax.Array, segment_ids: jax.Array,
+                  cfg: ModelConfig) -> jax.Array:
+  """One Qwen3 block as a pure function of its parameters (one slice of the stacked layer params).
+
+  The projections run over flattened tokens [B*S, D]: with [B, S, D] operands autodiff's weight gradients contract
+  two dims (b, s) and XLA:CPU materialises a transposed copy of every [B*S, F] activation gradient; with one token
+  dim each weight gradient is a plain A^T B dot (23-27% faster CPU steps, benchmarks/README.md).
+  """
+  cdt = to_dtype(cfg.compute_dtype)
+  w = lambda name: p[name].astype(cdt)
+  b, s, d = x.shape
+  t = b * s
+  n, kv, hd = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+  h = rms_norm(x, p["input_layernorm"], cfg.rms_norm_eps).reshape(t, d)
+  q = jnp.einsum("td,dnh->tnh", h, w("q_proj")).reshape(b, s, n, hd)
+  k = jnp.einsum("td,dkh->tkh", h, w("k_proj")).reshape(b, s, kv, hd)
+  v = jnp.einsum("td,dkh->tkh", h, w("v_proj")).reshape(b, s, kv, hd)
+  q = constrain(q, ("act_batch", "act_length", "act_heads", None))
+  k = constrain(k, ("act_batch", "act_length", "act_kv_heads", None))
+  v = constrain(v, ("act_batch", "act_length", "act_kv_heads", None))
+  # Qwen3's QK-norm: per head, over head_dim, before the rotary embedding.
+  q = apply_rope(rms_norm(q, p["q_norm"], cfg.rms_norm_eps), cos, sin)
+  k = apply_rope(rms_norm(k, p["k_norm"], cfg.rms_norm_eps), cos, sin)
+  a = attn_lib.dot_product_attention(q, k, v, segment_ids, causal=cfg.causal, impl=cfg.attention_impl)
+  a = checkpoint_name(a, "attn_out")
+  o = jnp.einsum("tnh,nhd->td", a.reshape(t, n, hd), w("o_proj"))
+  x = constrain(x + o.reshape(b, s, d), ("act_batch", "act_length", "act_embed"))
+  h = rms_norm(x, p["post_attention_layernorm"], cfg.rms_norm_eps).reshape(t, d)
+  mlp = jax.nn.silu(h @ w("gate_proj")) * (h @ w("up_proj"))
+  mlp = constrain(mlp.reshape(b, s, -1), ("act_batch", "act_length", "act_mlp"))
+  x = x + (mlp.reshape(t, -1) @ w("down_proj")).reshape(b, s, d)
+  return constrain(x, ("act_batch", "act_length", "act_embed"))
+
+
+def remat_policy(name: str):
+  cp = jax.checkpoint_policies
+  return {
+      "full": cp.nothing_saveable,
+      "dots": cp.checkpoint_dots,
+      "dots_with_no_batch_dims": cp.dots_with_no_batch_dims_saveable,
+      "save_attention_out": cp.save_only_these_names("attn_out"),
+  }[name]
+
+
+def _param(key, shape, names, kind, dtype):
+  if kind == "ones":
+    value = jnp.ones(shape, dtype)
+  else:
+    value = INIT_STD * jax.random.normal(key, shape, dtype)
+  return nnx.Param(value, out_sharding=names)
+
+
+class DecoderLayers(nnx.Module):
+  """All blocks' parameters stacked on a leading `layers` axis (scan-friendly, one compile for any depth)."""
+
+  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+    dtype = to_dtype(cfg.param_dtype)
+    for name, (shape_fn, names, kind) in LAYER_PARAMS.items():
+      setattr(self, name, _param(rngs.params(), (cfg.num_layers,) + shape_fn(cfg), ("layers",) + names, kind, dtype))
+
+  def arrays(self) -> dict[str, jax.Array]:
+    return {name: getattr(self, name)[...] for name in LAYER_PARAMS}
+
+
+class Encoder(nnx.Module):
+  """Qwen3 encoder with an optional (tied or untied) LM head."""
+
+  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    self.cfg = cfg
+    dtype = to_dtype(cfg.param_dtype)
+    self.embed_tokens = _param(rngs.params(), (cfg.vocab_size, cfg.hidden_size), ("vocab", "embed"), "normal", dtype)
+    self.layers = DecoderLayers(cfg, rngs)
+    self.norm = _param(None, (cfg.hidden_size,), ("norm",), "ones", dtype)
+    if not cfg.tie_embeddings:
+      self.lm_head = _param(rngs.params(), (cfg.hidden_size, cfg.vocab_size), ("embed", "vocab"), "normal", dtype)
+
+  def __call__(self, input_ids: jax.Array, attention_mask: jax.Array | None = None,
+               segment_ids: jax.Array | None = None, positions: jax.Array | None = None) -> jax.Array:
+    """Final hidden states [B, S, D] (after the final RMSNorm), in the compute dtype.
+
+    attention_mask: [B, S], 1 for real tokens (padding may sit on either side).
+    segment_ids: [B, S] for packed rows, 0 for padding; takes precedence over attention_mask.
+    """
+    cfg = self.cfg
+    if segment_ids is None:
+      segment_ids = jnp.ones_like(input_ids) if attention_mask is None else attention_mask
+    segment_ids = segment_ids.astype(jnp.int32)
+    if positions is None:
+      positions = segment_positions(segment_ids)
+    # Gather the table's embed dimension (FSDP all-gather) before the lookup, so the [B, S, D] result can be born
+    # batch-sharded instead of being rematerialised from a D-sharded gather.
+    table = constrain(self.embed_tokens[...], ("vocab", None))
+    x = jnp.take(table, input_ids, axis=0).astype(to_dtype(cfg.compute_dtype))
+    x = constrain(x, ("act_batch", "act_length", "act_embed"))
+    cos, sin = rope_tables(positions, cfg.head_dim, cfg.rope_theta)
+
+    body = lambda carry, p: (decoder_layer(p, carry, cos, sin, segment_ids, cfg), None)
+    if cfg.remat != "none":
+      body = jax.checkpoint(body, policy=remat_policy(cfg.remat), prevent_cse=not cfg.scan_layers)
+    params = self.layers.arrays()
+    if cfg.scan_layers:
+      x, _ = jax.lax.scan(body, x, params)
+    else:
+      for i in range(cfg.num_layers):
+        x, _ = body(x, jax.tree.map(lambda a: a[i], params))
+    return rms_norm(x, self.norm[...], cfg.rms_norm_eps)
+
+  def lm_head_weight(self) -> jax.Array:
+    """[D, V] output projection (the transposed embedding when tied)."""
+    if self.cfg.tie_embeddings:
+      return self.embed_tokens[...].T
+    return self.lm_head[...]
+
+  def logits(self, hidden: jax.Array) -> jax.Array:
+    """Full [B, S, V] logits in float32. Fine for tests and small vocabularies; training losses chunk instead."""
+    w = self.lm_head_weight().astype(hidden.dtype)
+    return jnp.einsum("bsd,dv->bsv", hidden, w, preferred_element_type=jnp.float32)
+
+
+def create_model(cfg: ModelConfig, seed: int = 0) -> Encoder:
+  """Build a randomly initialised model. Under `sharding.activate(mesh, rules)` the parameters are born sharded:
+  the init runs inside jit, so no host ever holds a full unsharded copy."""
+  # Always under jit: one compiled init, and the same values with or without a mesh (eager init fuses differently).
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh is None or mesh.empty:
+    with nnx.use_eager_sharding(False):
+      return nnx.jit(lambda: Encoder(cfg, rngs=nnx.Rngs(seed)))()
+  return nnx.jit(lambda: Encoder(cfg, rngs=nnx.Rngs(seed)))()
+
+
+def abstract_model(cfg: ModelConfig) -> Encoder:
+  """Shapes, dtypes and sharding metadata only — for restores, conversion and memory estimates."""
+  with nnx.use_eager_sharding(False):
+    return nnx.eval_shape(lambda: Encoder(cfg, rngs=nnx.Rngs(0)))
+
+
+def params_of(model: Encoder) -> dict[str, Any]:
+  """The model's parameters as a plain nested dict of arrays (the layout `convert.hf` reads and writes)."""
+  return nnx.to_pure_dict(nnx.state(model, nnx.Param))
+
+
+def model_from_params(cfg: ModelConfig, params: dict[str, Any], mesh=None, rules=None) -> Encoder:
+  """Build a model holding `params` (numpy or jax arrays), placed with the shardings the rules give on `mesh`."""
+  import numpy as np
+
+  from pplx_jax.core import sharding as shd
+
+  graphdef, abstract_state = nnx.split(abstract_model(cfg))
+  pure = nnx.to_pure_dict(abstract_state)
+  want = jax.tree.map(lambda a: (a.shape, a.dtype), pure)
+  got_paths = {jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]}
+  want_paths = {jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(want,
+                is_leaf=lambda x: isinstance(x, tuple))[0]}
+  if got_paths != want_paths:
+    raise ValueError(f"parameter tree mismatch: missing {sorted(want_paths - got_paths)}, "
+                     f"unexpected {sorted(got_paths - want_paths)}")
+
+  def check(path, arr, spec):
+    shape, dtype = spec
+    if tuple(np.shape(arr)) != tuple(shape):
+      raise ValueError(f"parameter {jax.tree_util.keystr(path)} has shape {tuple(np.shape(arr))}, expected {shape}")
+    return arr
+
+  jax.tree_util.tree_map_with_path(check, params, want, is_leaf=lambda x: isinstance(x, tuple) and len(x) == 2
+                                   and isinstance(x[0], tuple))
+  if mesh is None:
+    values = jax.tree.map(lambda a, s: jnp.asarray(a, dtype=s.dtype), params, pure)
+  else:
+    shardings = nnx.to_pure_dict(shd.param_shardings(abstract_state, mesh, rules or shd.DEFAULT_RULES))
+    values = jax.tree.map(_placed, params, pure, shardings)
+  nnx.replace_by_pure_dict(abstract_state, values)
+  return nnx.merge(graphdef, abstract_state)
+
+
+def _placed(a, spec, sharding):
+  """A host array, or a device array (e.g. restored from a checkpoint), in `sharding` with spec's dtype."""
+  import numpy as np
+
+  if isinstance(a, jax.Array):
+    # A restored array may span other processes' devices: cast and reshard on the devices, never via the host.
+    return jax.device_put(a.astype(spec.dtype), sharding)
+  return jax.device_put(np.asarray(a, dtype=spec.dtype), sharding)

@@ -1,0 +1,305 @@
+"""`pplx-jax pipeline`: the paper's whole recipe from one config (configs/pipeline/*.py).
+
+tokenizer -> stage 1 (masked diffusion) -> stage 2 (pairs) -> stage 3a (contextual) + 3b (triplets) -> SLERP merge
+-> export (Hugging Face, sentence-transformers) -> evaluation of every stage's model, the baselines and the export
+by others' code -> a report (Markdown + PNG) in the workdir.
+
+Every step writes its output atomically and records what it was made from, so a killed pipeline run again skips
+finished steps and resumes the interrupted stage from its newest checkpoint (the trainer's own resume). A finished
+step whose recorded inputs differ from the config's (a changed stage config, a re-trained parent) is an error that
+names it, rather than a silent mix of old and new models.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import ml_collections
+import numpy as np
+
+from pplx_jax.core import config as config_lib
+from pplx_jax.core.config import ConfigError
+from pplx_jax.recipe.plan import (
+  Plan,
+  _check_done,
+  _digest,
+  _is_main,
+  _log,
+  _mark_done,
+  _read_json,
+  _write_json,
+)
+
+# ---------------------------------------------------------------------------------------------
+# Steps
+
+
+def prepare_tokenizer(plan: Plan) -> None:
+  """Train the tiny pipeline's BPE tokenizer on the WordNet corpus (a pod pipeline names Qwen3's instead)."""
+  if plan.cfg.tokenizer.path:
+    if not plan.tokenizer.exists():
+      raise FileNotFoundError(f"tokenizer.path={plan.tokenizer} does not exist")
+    return
+  if (plan.tokenizer / "tokenizer.json").is_file():
+    return
+  from pplx_jax.core.tokenizers import train_byte_level_bpe
+  from pplx_jax.data.sources import wordnet
+  corpus = plan.data_dir / "wordnet.txt"
+  corpus.parent.mkdir(parents=True, exist_ok=True)
+  texts = list(wordnet.pretraining_texts())
+  corpus.write_text("\n".join(t.replace("\n", " ") for t in texts) + "\n")
+  _log(f"training a byte-level BPE tokenizer ({plan.cfg.tokenizer.vocab_size} ids) on {len(texts)} WordNet texts")
+  tmp = plan.tokenizer.with_name(plan.tokenizer.name + ".tmp")
+  shutil.rmtree(tmp, ignore_errors=True)
+  train_byte_level_bpe([str(corpus)], tmp, vocab_size=int(plan.cfg.tokenizer.vocab_size))
+  tmp.replace(plan.tokenizer)
+
+
+def _stage_inputs(plan: Plan, name: str, done_inputs: dict[str, dict]) -> dict:
+  parent = str(plan.cfg.stages[name].init_from)
+  return {"config": json.loads(config_lib.to_json(plan.stage_cfgs[name])),
+          "parent": _digest(done_inputs[parent]) if parent in done_inputs else parent}
+
+
+def run_stages(plan: Plan) -> dict[str, dict]:
+  from pplx_jax.stages import registry
+  done: dict[str, dict] = {}
+  for name in plan.order:
+    inputs = _stage_inputs(plan, name, done)
+    out = plan.model_dir(name)
+    if _check_done(out, inputs, f"stage {name!r}"):
+      _log(f"stage {name}: already complete, skipped")
+    else:
+      _log(f"stage {name}: {plan.cfg.stages[name].config} from {plan.cfg.stages[name].init_from or 'random init'}")
+      t0 = time.time()
+      result = registry.run_stage(plan.stage_cfgs[name], out)
+      if _is_main():
+        _mark_done(out, inputs, step=int(result.step), seconds=round(time.time() - t0, 1))
+    done[name] = inputs
+  return done
+
+
+def merge_step(plan: Plan, done: dict[str, dict]) -> Path:
+  from pplx_jax.convert import merge
+  m = plan.cfg.merge
+  out = plan.model_dir(str(m.name))
+  inputs = {"a": _digest(done[str(m.a)]), "b": _digest(done[str(m.b)]), "t": float(m.t)}
+  if _check_done(out, inputs, "the merge"):
+    _log(f"merge: {out} already complete, skipped")
+  else:
+    shutil.rmtree(out, ignore_errors=True)  # a merge interrupted before its marker: redo it whole
+    _log(f"merge: SLERP({m.a}, {m.b}, t={m.t}) -> {out}")
+    merge.merge_checkpoints(plan.model_dir(str(m.a)), plan.model_dir(str(m.b)), float(m.t), out)
+    _mark_done(out, inputs)
+  done[str(m.name)] = inputs
+  return out
+
+
+def export_step(plan: Plan, done: dict[str, dict]) -> dict[str, Path]:
+  from pplx_jax.convert import formats
+  name = str(plan.cfg.export.model)
+  out = plan.work / "export"
+  inputs = {"model": _digest(done[name]), "formats": list(plan.cfg.export.formats)}
+  paths = {fmt: out / fmt for fmt in plan.cfg.export.formats}
+  if _check_done(out, inputs, "the export"):
+    _log(f"export: {out} already complete, skipped")
+    return paths
+  shutil.rmtree(out, ignore_errors=True)
+  fns = {"hf": formats.to_hf, "st": formats.to_st}
+  for fmt, path in paths.items():
+    if fmt not in fns:
+      raise ConfigError(f"export.formats has {fmt!r}; known: {sorted(fns)}")
+    fns[fmt](str(plan.model_dir(name)), str(path))
+    _log(f"export: {name} -> {path}")
+  _mark_done(out, inputs)
+  return paths
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation
+
+
+def _positive(n) -> int | None:
+  """Config convention: a size <= 0 means "all" / "full"."""
+  return int(n) if int(n) > 0 else None
+
+
+def _dims(plan: Plan) -> list[int | None]:
+  return [_positive(d) for d in plan.cfg.eval.dims]
+
+
+def _eval_sets(plan: Plan):
+  from pplx_jax.stages.contextual import evalset as ctx_data
+  from pplx_jax.stages.contrastive import evalset as pair_evalset
+  ev = plan.cfg.eval
+  retrieval_set = pair_evalset.load_retrieval_set(str(ev.data), str(ev.split), max_queries=_positive(ev.max_queries),
+                                          max_docs=_positive(ev.max_docs))
+  contextual_set = None
+  if ev.contextual_data:
+    contextual_set = ctx_data.load_retrieval_set(str(ev.contextual_data), str(ev.split),
+                                                 max_docs=_positive(ev.contextual_max_docs))
+  return retrieval_set, contextual_set
+
+
+def evaluate_model(plan: Plan, name: str, sets) -> dict:
+  """Retrieval metrics (every dtype and Matryoshka prefix) and, for mean-pooled models, late chunking vs chunks
+  alone on the contextual set. Embeddings use the model's own pooling: the causal + last-token ablation differs."""
+  from pplx_jax.core import sharding as shd
+  from pplx_jax.eval import contextual
+  from pplx_jax.eval import metrics as eval_metrics
+  from pplx_jax.inference import load as inference_load
+  from pplx_jax.inference.embed import embed_with_model
+  ev = plan.cfg.eval
+  (queries, docs, qrels), ctx = sets
+  t0 = time.time()
+  model, _, tok, mesh, rules = inference_load.load(str(plan.model_dir(name)))
+  out: dict[str, Any] = {"retrieval": {}}
+  with shd.activate(mesh, rules):
+    emb = embed_with_model(model, tok, list(queries) + list(docs), plan.pooling(name), int(ev.max_length),
+                           int(ev.batch_size))
+    for dt in ev.dtypes:
+      out["retrieval"].update(eval_metrics.retrieval_scores(emb[:len(queries)], emb[len(queries):], qrels,
+                                                         tuple(ev.ks), str(dt), _dims(plan)))
+    if ctx is not None and plan.pooling(name) == "mean":
+      cq, cdocs, cqrels = ctx
+      out["contextual"] = contextual.evaluate_with_model(
+          model, tok, cq, cdocs, cqrels, list(ev.dtypes), (None,), tuple(ev.ks), batch_size=int(ev.batch_size),
+          max_length=int(ev.max_length), multiple=mesh.size)
+  out["seconds"] = round(time.time() - t0, 1)
+  return out
+
+
+def evaluate_baselines(plan: Plan, sets) -> dict:
+  from pplx_jax.eval import baselines
+  from pplx_jax.eval import metrics as eval_metrics
+  ev = plan.cfg.eval
+  (queries, docs, qrels), ctx = sets
+  ks = tuple(ev.ks)
+  chunks = [c for d in ctx[1] for c in d] if ctx is not None else []
+
+  def bm25(qs, texts, relevant, prefix):
+    ranks = eval_metrics.relevant_ranks(baselines.bm25_scores(qs, texts), eval_metrics.as_relevant(relevant, len(qs),
+                                                                                             len(texts)))
+    return {f"{prefix}bm25/full/{k}": v for k, v in eval_metrics.metrics_from_ranks(ranks, ks).items()}
+
+  def dense(emb, n, relevant, prefix):
+    return {f"{prefix}{k}": v for dt in ev.dtypes
+            for k, v in eval_metrics.retrieval_scores(emb[:n], emb[n:], relevant, ks, str(dt)).items()}
+
+  out: dict[str, dict] = {}
+  if "bm25" in ev.baselines:
+    out["BM25"] = {"retrieval": bm25(queries, docs, qrels, "")}
+    if ctx is not None:
+      cq, cdocs, cqrels = ctx
+      # BM25 sees each chunk alone (its non-contextual row) and each chunk with its whole document's words.
+      whole = [" ".join(d) for d in cdocs for _ in d]
+      out["BM25"]["contextual"] = {**bm25(cq, chunks, cqrels, "non_contextual/"),
+                                   **bm25(cq, whole, cqrels, "contextual/")}
+  if "minilm" in ev.baselines:
+    path = baselines.minilm_path()
+    emb = baselines.sentence_transformer_embeddings(path, list(queries) + list(docs))
+    out["MiniLM-L6-v2"] = {"retrieval": dense(emb, len(queries), qrels, "")}
+    if ctx is not None:  # MiniLM has no late chunking: chunks alone only
+      cq, _, cqrels = ctx
+      emb = baselines.sentence_transformer_embeddings(path, list(cq) + chunks)
+      out["MiniLM-L6-v2"]["contextual"] = dense(emb, len(cq), cqrels, "non_contextual/")
+  return out
+
+
+def parity_step(plan: Plan, export: dict[str, Path], sets, own: dict) -> dict:
+  """The exported model scored by stock sentence-transformers and by mteb, against pplx-jax's own numbers."""
+  from pplx_jax.eval import baselines
+  from pplx_jax.eval import metrics as eval_metrics
+  (queries, docs, qrels), _ = sets
+  out: dict[str, Any] = {"pplx-jax": own["retrieval"]["float32/full/ndcg@10"]}
+  if "st" in export:
+    from pplx_jax.inference.embed import embed_texts
+    texts = list(queries) + list(docs)
+    emb = baselines.sentence_transformer_embeddings(str(export["st"]), texts)
+    st = eval_metrics.retrieval_scores(emb[:len(queries)], emb[len(queries):], qrels, tuple(plan.cfg.eval.ks))
+    out["sentence-transformers"] = st["float32/full/ndcg@10"]
+    sample = list(range(0, len(texts), max(1, len(texts) // 256)))
+    ours = embed_texts(str(plan.model_dir(str(plan.cfg.export.model))), [texts[i] for i in sample],
+                       max_length=int(plan.cfg.eval.max_length))
+    out["max_abs_embedding_diff"] = float(np.abs(emb[sample] - ours).max())
+    if plan.cfg.eval.mteb:
+      import mteb
+      from sentence_transformers import SentenceTransformer
+
+      from pplx_jax.eval import mteb_adapter
+      task = mteb_adapter.local_retrieval_task(list(queries), list(docs), qrels)
+      model = mteb.models.SentenceTransformerEncoderWrapper(SentenceTransformer(str(export["st"]), device="cpu"))
+      scores = mteb_adapter.task_scores(mteb.evaluate(model, task, cache=None))
+      out["mteb"] = float(scores["ndcg_at_10"])
+  return out
+
+
+def _cached(path: Path, inputs: dict, what: str, compute) -> Any:
+  """The results stored at `path` if they were computed from `inputs`; otherwise compute and store them."""
+  if path.is_file():
+    stored = _read_json(path)
+    if stored.get("inputs") == json.loads(json.dumps(inputs, sort_keys=True, default=str)):
+      return stored["results"]
+  _log(f"eval: {what}")
+  results = compute()
+  _write_json(path, {"inputs": inputs, "results": results})
+  return results
+
+
+def run_eval(plan: Plan, done: dict[str, dict], export: dict[str, Path]) -> dict:
+  ev_dir = plan.work / "eval"
+  ev_inputs = json.loads(config_lib.to_json(plan.cfg.eval))
+  sets = None
+
+  def eval_sets():  # loaded once, and only when something is not cached
+    nonlocal sets
+    sets = sets or _eval_sets(plan)
+    return sets
+
+  results: dict[str, Any] = {"models": {}}
+  for name in plan.models:
+    results["models"][name] = _cached(ev_dir / f"{name}.json", {"model": _digest(done[name]), "eval": ev_inputs},
+                                      name, lambda: evaluate_model(plan, name, eval_sets()))
+  results["baselines"] = _cached(ev_dir / "baselines.json", ev_inputs, f"baselines {list(plan.cfg.eval.baselines)}",
+                                 lambda: evaluate_baselines(plan, eval_sets()))
+  name = str(plan.cfg.export.model)
+  if name in results["models"]:
+    parity = results["parity"] = _cached(
+        ev_dir / "parity.json", {"model": _digest(done[name]), "eval": ev_inputs},
+        "the export with stock sentence-transformers and mteb",
+        lambda: parity_step(plan, export, eval_sets(), results["models"][name]))
+    diffs = [abs(v - parity["pplx-jax"]) for k, v in parity.items() if k != "max_abs_embedding_diff"]
+    if max(diffs) > float(plan.cfg.eval.parity_tolerance):  # checked on cached results too
+      raise RuntimeError(f"the exported model's nDCG@10 differs between evaluators beyond "
+                         f"{plan.cfg.eval.parity_tolerance}: {parity}")
+  return results
+
+
+# ---------------------------------------------------------------------------------------------
+# Entry point
+
+
+def run_pipeline(cfg: ml_collections.ConfigDict, workdir: str | os.PathLike) -> Path:
+  import jax
+  work = Path(workdir)
+  plan = Plan(cfg, work)
+  plan.validate(jax.device_count())  # every stage's sizes and keys checked before anything trains
+  work.mkdir(parents=True, exist_ok=True)
+  config_lib.save_config(cfg, work, "pipeline_config.json")
+  t0 = time.time()
+  prepare_tokenizer(plan)
+  done = run_stages(plan)
+  if not _is_main():  # on a pod every process trains; the merge, export, evaluation and report are process 0's
+    return work / "report.md"
+  merge_step(plan, done)
+  export = export_step(plan, done)
+  results = run_eval(plan, done, export)
+  from pplx_jax.recipe import report
+  path = report.write_pipeline_report(plan, results)
+  _log(f"done in {time.time() - t0:.0f} s; report: {path}")
+  return path

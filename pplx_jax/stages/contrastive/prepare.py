@@ -1,0 +1,377 @@
+"""Contrastive data (paper §4.1, §4.3): files (or WordNet) -> TFDS ArrayRecord datasets of query/positive pairs and
+query/positive/hard-negative triplets (no TensorFlow)::
+
+    prepare_pairs("pairs/*.jsonl", "data/", kind="pair")        # -> data/pairs/1.0.0
+    prepare_pairs("mined.parquet", "data/", kind="triplet")     # -> data/triplets/1.0.0
+    prepare_wordnet_pairs("data/")                              # -> data/wordnet_pairs/1.0.0
+    prepare_wordnet_triplets("data/")                           # -> data/wordnet_triplets/1.0.0
+
+Input records (``.jsonl`` lines, or ``.parquet`` rows; a trailing ``.gz`` is decompressed)::
+
+    {"query": "...", "positive": "..."}                                   # kind="pair"
+    {"query": "...", "positive": "...", "negatives": ["...", "..."]}      # kind="triplet"
+
+Other fields are ignored. A bad record (invalid UTF-8 or JSON, a missing/null field, a non-string or empty
+query/positive, ``negatives`` not a non-empty list of non-empty strings) raises
+:class:`~pplx_jax.data.records.DataError` naming ``file:line`` (parquet: the 0-based row) before anything is
+written, or is skipped and counted with ``on_error="skip"`` (``dataset_metadata(dir)["skipped"]``).
+Dataset records are ``{"query", "positive", ["negatives"], "source", "line"}`` (strings as bytes, as TFDS
+returns them). Splits: ``train``/``validation`` by a stable hash of seed and the *query* text, so a query
+(and its duplicates) is never in both splits. WordNet pairs (lemma or example sentence -> definition) are
+split by synset with :func:`pplx_jax.data.sources.wordnet.split_of` and the pretraining split's fraction and seed,
+so validation synsets are unseen in pretraining and in pair training.
+
+WordNet triplets: query = a lemma or an example sentence, positive = its synset's definition, negatives =
+definitions of the synset's co-hyponyms (other children of the same hypernym): close in meaning, wrong answers —
+hard negatives found by structure rather than mined by a retriever. Only synsets of the training split are used, so
+the held-out WordNet evaluation stays unseen.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import re
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pplx_jax.data import prepared
+from pplx_jax.data import records as text_lib
+from pplx_jax.data.records import DataError
+from pplx_jax.data.sources import wordnet
+from pplx_jax.stages.contrastive import prepare as pair_prepare
+
+
+def triplet_records(validation_fraction: float = 0.05, seed: int = 0, num_negatives: int = 3,
+                    limit: int | None = None):
+  synsets = list(wordnet.read_synsets())
+  children: dict[str, list[str]] = {}
+  for s in synsets:
+    for h in s.hypernym_keys:
+      children.setdefault(h, []).append(s.key)
+  by_key = {s.key: s for s in synsets}
+  rng = random.Random(seed)
+  n = 0
+  for s in synsets:
+    if wordnet.split_of(s.key, validation_fraction, seed) != "train":
+      continue
+    siblings = sorted({c for h in s.hypernym_keys for c in children.get(h, []) if c != s.key})
+    negs = [by_key[c].definition for c in siblings if by_key[c].definition != s.definition]
+    if not negs:
+      continue
+    rng.shuffle(negs)
+    negs = negs[:num_negatives]
+    for q in list(s.lemmas) + list(s.examples):
+      yield {"query": q, "positive": s.definition, "negatives": negs}
+      n += 1
+      if limit is not None and n >= limit:
+        return
+
+
+def prepare_wordnet_triplets(out_dir, validation_fraction: float = 0.05, seed: int = 0, num_negatives: int = 3,
+                             limit: int | None = None) -> Path:
+  """A prepared triplet dataset (TFDS ArrayRecord) at out_dir/wordnet_triplets/1.0.0."""
+  out_dir = Path(out_dir)
+  existing = out_dir / "wordnet_triplets" / "1.0.0"
+  if (existing / "dataset_info.json").is_file():
+    return existing
+  out_dir.mkdir(parents=True, exist_ok=True)
+  with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
+    path = Path(tmp) / "wordnet_triplets.jsonl"
+    with open(path, "w") as f:
+      for r in triplet_records(validation_fraction, seed, num_negatives, limit):
+        f.write(json.dumps(r) + "\n")
+    # The synset split above already holds out evaluation synsets; this split only carves a small in-domain check.
+    return pair_prepare.prepare_pairs([str(path)], out_dir, kind="triplet", name="wordnet_triplets",
+                               validation_fraction=0.01, seed=seed)
+
+log = logging.getLogger(__name__)
+
+KINDS = ("pair", "triplet")
+REASONS = ("invalid_utf8", "invalid_json", "missing_field", "non_string_field", "empty_text", "invalid_negatives")
+SPLITS = prepared.SPLITS
+VERSION = prepared.VERSION
+_NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading and validating records
+
+
+def _decode(value, field: str, path, line: int) -> str | DataError:
+  if isinstance(value, bytes):
+    try:
+      value = value.decode("utf-8")
+    except UnicodeDecodeError as e:
+      return DataError(path, line, "invalid_utf8", f"field {field!r}: invalid UTF-8 ({e.reason} at byte {e.start})")
+  return value
+
+
+def _string_field(obj: Mapping, field: str, path, line: int) -> str | DataError:
+  value = obj.get(field)
+  if value is None:
+    return DataError(path, line, "missing_field", f"record has no {field!r} field")
+  value = _decode(value, field, path, line)
+  if isinstance(value, DataError):
+    return value
+  if not isinstance(value, str):
+    return DataError(path, line, "non_string_field", f"field {field!r} is a {type(value).__name__}, not a string")
+  if not value.strip():
+    return DataError(path, line, "empty_text", f"field {field!r} is empty")
+  return value
+
+
+def _negatives_field(obj: Mapping, field: str, path, line: int) -> list[str] | DataError:
+  value = obj.get(field)
+  if value is None:
+    return DataError(path, line, "missing_field", f"record has no {field!r} field (kind='triplet')")
+  if isinstance(value, np.ndarray):
+    value = value.tolist()
+  if not isinstance(value, (list, tuple)):
+    return DataError(path, line, "invalid_negatives",
+                     f"field {field!r} is a {type(value).__name__}, expected a non-empty list of strings")
+  if not value:
+    return DataError(path, line, "invalid_negatives", f"field {field!r} is an empty list")
+  out = []
+  for i, v in enumerate(value):
+    v = _decode(v, f"{field}[{i}]", path, line)
+    if isinstance(v, DataError):
+      return v
+    if not isinstance(v, str):
+      return DataError(path, line, "invalid_negatives", f"{field}[{i}] is a {type(v).__name__}, not a string")
+    if not v.strip():
+      return DataError(path, line, "invalid_negatives", f"{field}[{i}] is empty")
+    out.append(v)
+  return out
+
+
+def _validate(obj, kind: str, fields: tuple[str, str, str], path, line: int) -> dict | DataError:
+  if not isinstance(obj, Mapping):
+    return DataError(path, line, "invalid_json", f"expected a JSON object, got {type(obj).__name__}")
+  qf, pf, nf = fields
+  rec: dict[str, Any] = {}
+  for key, field in (("query", qf), ("positive", pf)):
+    v = _string_field(obj, field, path, line)
+    if isinstance(v, DataError):
+      return v
+    rec[key] = v
+  if kind == "triplet":
+    v = _negatives_field(obj, nf, path, line)
+    if isinstance(v, DataError):
+      return v
+    rec["negatives"] = v
+  return rec
+
+
+def _jsonl_records(path: Path, kind: str, fields) -> Iterator[tuple[int, dict | DataError]]:
+  for line_no, obj in text_lib.jsonl_objects(path):
+    yield line_no, obj if isinstance(obj, DataError) else _validate(obj, kind, fields, path, line_no)
+
+
+def _parquet_records(path: Path, kind: str, fields) -> Iterator[tuple[int, dict | DataError]]:
+  wanted = list(fields if kind == "triplet" else fields[:2])
+  for row, obj in text_lib.parquet_rows(path, wanted, wanted):
+    yield row, _validate(obj, kind, fields, path, row)
+
+
+def iter_pair_records(
+    inputs: str | os.PathLike | Sequence[str | os.PathLike],
+    kind: str = "pair",
+    on_error: str = "raise",
+    stats: dict | None = None,
+    log_skipped: bool = True,
+    query_field: str = "query",
+    positive_field: str = "positive",
+    negatives_field: str = "negatives",
+) -> Iterator[tuple[str, int, dict]]:
+  """Yield ``(file, line, {"query", "positive"[, "negatives"]})`` for every good record, in order.
+
+  ``line`` is 1-based for JSONL, the 0-based row for parquet. ``stats`` (updated in place) counts
+  ``records`` and each skipped reason. Files other than ``.jsonl``/``.parquet`` (optionally ``.gz``) raise.
+  """
+  if kind not in KINDS:
+    raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+  if on_error not in text_lib.ON_ERROR:
+    raise ValueError(f"on_error must be one of {text_lib.ON_ERROR}, got {on_error!r}")
+  stats = {} if stats is None else stats
+  stats.setdefault("records", 0)
+  fields = (query_field, positive_field, negatives_field)
+  files = text_lib.expand_inputs(inputs)
+  for path in files:
+    fmt = text_lib.file_format(path)
+    if fmt == "jsonl":
+      reader = _jsonl_records
+    elif fmt == "parquet":
+      reader = _parquet_records
+    else:
+      raise DataError(path, None, "unsupported_format",
+                      "pairs and triplets are read from .jsonl or .parquet files (optionally .gz)")
+    for line_no, rec in reader(path, kind, fields):
+      if isinstance(rec, DataError):
+        text_lib.skip_or_raise(rec, on_error, stats, log_skipped)
+        continue
+      stats["records"] += 1
+      yield str(path), line_no, rec
+
+
+def _skipped(stats: Mapping) -> dict:
+  return {r: stats[r] for r in REASONS if stats.get(r)}
+
+
+# ---------------------------------------------------------------------------------------------
+# TFDS builder
+
+
+def _features(kind: str) -> dict:
+  import tensorflow_datasets as tfds
+
+  features = {"query": tfds.features.Text(), "positive": tfds.features.Text()}
+  if kind == "triplet":
+    features["negatives"] = tfds.features.Sequence(tfds.features.Text())
+  features.update({"source": tfds.features.Text(), "line": np.int64})
+  return features
+
+
+def _check_args(name: str, validation_fraction: float, kind: str) -> None:
+  if not _NAME_RE.match(name):
+    raise ValueError(f"dataset name {name!r} is not valid: use lowercase letters, digits and '_', "
+                     "starting with a letter")
+  if not 0.0 <= validation_fraction < 1.0:
+    raise ValueError(f"validation_fraction must be in [0, 1), got {validation_fraction}")
+  if kind not in KINDS:
+    raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+
+
+def _build(name: str, kind: str, out_dir, params: dict, skipped: dict, split_counts: dict,
+           examples: Callable[[str], Iterator[tuple[str, dict]]], description: str) -> Path:
+  return prepared.build_dataset(name, out_dir, params, skipped, split_counts, examples, description, _features(kind),
+                                kind=kind)
+
+
+def _split(query: str, validation_fraction: float, seed: int) -> str:
+  return wordnet.split_of(query, validation_fraction, seed)
+
+
+def prepare_pairs(
+    inputs: str | os.PathLike | Sequence[str | os.PathLike],
+    out_dir: str | os.PathLike,
+    kind: str = "pair",
+    name: str | None = None,
+    validation_fraction: float = 0.01,
+    seed: int = 0,
+    on_error: str = "raise",
+    query_field: str = "query",
+    positive_field: str = "positive",
+    negatives_field: str = "negatives",
+) -> Path:
+  """JSONL/Parquet pairs or triplets -> TFDS ArrayRecord dataset ``out_dir/name/1.0.0`` (returned).
+
+  `name` defaults to ``"pairs"`` / ``"triplets"``. Every record is validated before anything is written
+  (see the module docstring); preparing the same inputs with the same parameters again reuses the dataset.
+  """
+  name = name or {"pair": "pairs", "triplet": "triplets"}.get(kind, "pairs")
+  _check_args(name, validation_fraction, kind)
+  if on_error not in text_lib.ON_ERROR:
+    raise ValueError(f"on_error must be one of {text_lib.ON_ERROR}, got {on_error!r}")
+  files = text_lib.expand_inputs(inputs)
+  fields = {"query_field": query_field, "positive_field": positive_field, "negatives_field": negatives_field}
+  params = {
+      "kind": kind,
+      "inputs": [{"path": str(f.resolve()), "bytes": f.stat().st_size} for f in files],
+      "fields": fields if kind == "triplet" else {k: fields[k] for k in ("query_field", "positive_field")},
+      "validation_fraction": validation_fraction,
+      "seed": seed,
+      "on_error": on_error,
+  }
+  existing = prepared.existing_dataset(name, out_dir, params)
+  if existing is not None:
+    return existing
+
+  t0 = time.perf_counter()
+  stats: dict = {}
+  split_counts = dict.fromkeys(SPLITS, 0)
+  for _, _, rec in iter_pair_records(files, kind, on_error, stats, **fields):
+    split_counts[_split(rec["query"], validation_fraction, seed)] += 1
+  skipped = _skipped(stats)
+  log.info("%s: %d good records (%s), skipped %s, checked in %.1f s", name, stats.get("records", 0),
+           split_counts, skipped or "none", time.perf_counter() - t0)
+  index = {str(f): i for i, f in enumerate(files)}
+
+  def examples(split: str):
+    for source, line, rec in iter_pair_records(files, kind, on_error, log_skipped=False, **fields):
+      if _split(rec["query"], validation_fraction, seed) == split:
+        yield f"{index[source]}:{line}", {**rec, "source": source, "line": line}
+
+  description = f"{kind.capitalize()}s (query, positive{', negatives' if kind == 'triplet' else ''}) from " \
+                f"{len(files)} file(s)."
+  return _build(name, kind, out_dir, params, skipped, split_counts, examples, description)
+
+
+# ---------------------------------------------------------------------------------------------
+# WordNet pairs
+
+
+def wordnet_pairs(kinds: Sequence[str] = ("lemma", "example"), limit: int | None = None,
+                  wordnet_dir: str | os.PathLike | None = None) -> Iterator[dict]:
+  """:func:`wordnet.retrieval_pairs` restricted to `kinds`, over the first `limit` synsets (file order)."""
+  kinds = tuple(kinds)
+  bad = [k for k in kinds if k not in ("lemma", "example")]
+  if bad or not kinds:
+    raise ValueError(f"WordNet pair kinds must be some of ('lemma', 'example'), got {kinds}")
+  for n, syn in enumerate(wordnet.read_synsets(wordnet_dir)):
+    if limit is not None and n >= limit:
+      break
+    if not syn.definition:
+      continue
+    if "lemma" in kinds:
+      for lemma in syn.lemmas:
+        yield {"query": lemma, "positive": syn.definition, "synset": syn.key, "kind": "lemma"}
+    if "example" in kinds:
+      for ex in syn.examples:
+        yield {"query": ex, "positive": syn.definition, "synset": syn.key, "kind": "example"}
+
+
+def prepare_wordnet_pairs(
+    out_dir: str | os.PathLike,
+    validation_fraction: float = 0.05,
+    seed: int = 0,
+    kinds: Sequence[str] = ("lemma", "example"),
+    limit: int | None = None,
+    name: str = "wordnet_pairs",
+    wordnet_dir: str | os.PathLike | None = None,
+) -> Path:
+  """WordNet pairs (lemma / example sentence -> definition) as TFDS dataset ``out_dir/name/1.0.0``.
+
+  Split by synset with ``wordnet.split_of(key, validation_fraction, seed)``: use the fraction and seed of
+  ``prepare_wordnet`` (pretraining), so validation synsets are unseen in both stages. ``source`` is the
+  synset key, ``line`` its byte offset; ``limit`` keeps the first synsets (for quick tests).
+  """
+  _check_args(name, validation_fraction, "pair")
+  kinds = list(kinds)
+  params = {"kind": "wordnet_pairs", "validation_fraction": validation_fraction, "seed": seed, "kinds": kinds,
+            "limit": limit}
+  existing = prepared.existing_dataset(name, out_dir, params)
+  if existing is not None:
+    return existing
+  records = list(wordnet_pairs(kinds, limit, wordnet_dir))
+  split_of: dict[str, str] = {}
+  split_counts = dict.fromkeys(SPLITS, 0)
+  for r in records:
+    s = split_of.setdefault(r["synset"], wordnet.split_of(r["synset"], validation_fraction, seed))
+    split_counts[s] += 1
+
+  def examples(split: str):
+    for i, r in enumerate(records):
+      if split_of[r["synset"]] == split:
+        yield f"{i}", {"query": r["query"], "positive": r["positive"], "source": r["synset"],
+                       "line": int(r["synset"].split(":")[1])}
+
+  description = f"WordNet 3.0 pairs ({', '.join(kinds)} -> definition), split by synset."
+  return _build(name, "pair", out_dir, params, {}, split_counts, examples, description)

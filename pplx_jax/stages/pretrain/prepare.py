@@ -1,0 +1,141 @@
+"""Stage-1 data: the user's text files (``.txt``, ``.jsonl``, ``.parquet``) or WordNet -> a tokenizer-independent
+TFDS ArrayRecord dataset with train and validation splits (`pplx-jax prepare`).
+
+Pass 1 validates every record before anything is written (a bad record raises naming ``file:line``, or is skipped
+and counted with ``on_error="skip"``); pass 2 writes. A user document's split is a stable hash of seed and text;
+WordNet synsets are split with :func:`pplx_jax.data.sources.wordnet.split_of`, the split every later stage and the
+held-out evaluation reuse.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from pplx_jax.data import records as text_lib
+from pplx_jax.data.prepared import (
+  SPLITS,
+  _check_fraction,
+  _check_name,
+  build_dataset,
+  existing_dataset,
+)
+from pplx_jax.data.sources import wordnet
+
+log = logging.getLogger(__name__)
+
+
+def text_split(text: str, validation_fraction: float, seed: int = 0) -> str:
+  """``"train"`` or ``"validation"`` for a user document (stable hash of seed and text)."""
+  return wordnet.split_of(text, validation_fraction, seed)
+
+
+def _text_features() -> dict:
+  import tensorflow_datasets as tfds
+  return {"text": tfds.features.Text(), "source": tfds.features.Text(), "line": np.int64}
+
+
+# ---------------------------------------------------------------------------------------------
+# User text
+
+
+def prepare_text_dataset(
+    inputs: str | os.PathLike | Sequence[str | os.PathLike],
+    out_dir: str | os.PathLike,
+    name: str = "text",
+    validation_fraction: float = 0.01,
+    seed: int = 0,
+    on_error: str = "raise",
+    field: str = "text",
+) -> Path:
+  """Write ``.txt``/``.jsonl``/``.parquet`` documents as TFDS ArrayRecord dataset ``out_dir/name/1.0.0``.
+
+  Returns that directory (what :func:`load_split` and ``tfds.builder_from_directory`` read). Bad records
+  raise :class:`~pplx_jax.data.records.DataError` (``file:line``) or, with ``on_error="skip"``, are
+  skipped and counted (``dataset_metadata(dir)["skipped"]``).
+  """
+  _check_name(name)
+  _check_fraction(validation_fraction)
+  if on_error not in text_lib.ON_ERROR:
+    raise ValueError(f"on_error must be one of {text_lib.ON_ERROR}, got {on_error!r}")
+  files = text_lib.expand_inputs(inputs)
+  params = {
+      "kind": "text",
+      "inputs": [{"path": str(f.resolve()), "bytes": f.stat().st_size} for f in files],
+      "field": field,
+      "validation_fraction": validation_fraction,
+      "seed": seed,
+      "on_error": on_error,
+  }
+  existing = existing_dataset(name, out_dir, params)
+  if existing is not None:
+    return existing
+
+  # Pass 1: validate everything before writing anything, count the splits and the skips.
+  t0 = time.perf_counter()
+  stats: dict = {}
+  split_counts = dict.fromkeys(SPLITS, 0)
+  for _, _, text in text_lib.iter_text_records(files, field=field, on_error=on_error, stats=stats):
+    split_counts[text_split(text, validation_fraction, seed)] += 1
+  skipped = text_lib.skipped(stats)
+  log.info("%s: %d good records (%s), skipped %s, checked in %.1f s", name, stats.get("records", 0),
+           split_counts, skipped or "none", time.perf_counter() - t0)
+  index = {str(f): i for i, f in enumerate(files)}
+
+  def examples(split: str):
+    # Pass 2 sees the records pass 1 accepted (skips were logged and counted there).
+    for source, line, text in text_lib.iter_text_records(files, field=field, on_error=on_error, log_skipped=False):
+      if text_split(text, validation_fraction, seed) == split:
+        yield f"{index[source]}:{line}", {"text": text, "source": source, "line": line}
+
+  description = f"Text documents from {len(files)} file(s), field {field!r}."
+  return build_dataset(name, out_dir, params, skipped, split_counts, examples, description, _text_features())
+
+
+# ---------------------------------------------------------------------------------------------
+# WordNet
+
+
+def prepare_wordnet(
+    out_dir: str | os.PathLike,
+    validation_fraction: float = 0.05,
+    seed: int = 0,
+    name: str = "wordnet",
+    limit: int | None = None,
+    wordnet_dir: str | os.PathLike | None = None,
+) -> Path:
+  """WordNet pretraining text (one document per synset) as TFDS dataset ``out_dir/name/1.0.0``.
+
+  ``text`` is :func:`wordnet.pretraining_text`, ``source`` the synset key (``"n:02084071"``), ``line``
+  its byte offset. Splits follow ``wordnet.split_of(key, validation_fraction, seed)``: evaluate
+  retrieval on the validation synsets of the same fraction and seed. ``limit`` keeps only the first
+  synsets (file order), for quick tests.
+  """
+  _check_name(name)
+  _check_fraction(validation_fraction)
+  params = {"kind": "wordnet", "validation_fraction": validation_fraction, "seed": seed, "limit": limit}
+  existing = existing_dataset(name, out_dir, params)
+  if existing is not None:
+    return existing
+  synsets = []
+  for syn in wordnet.read_synsets(wordnet_dir):
+    if limit is not None and len(synsets) >= limit:
+      break
+    synsets.append(syn)
+  split_of = {s.key: wordnet.split_of(s.key, validation_fraction, seed) for s in synsets}
+  split_counts = dict.fromkeys(SPLITS, 0)
+  for split in split_of.values():
+    split_counts[split] += 1
+
+  def examples(split: str):
+    for syn in synsets:
+      if split_of[syn.key] == split:
+        yield syn.key, {"text": wordnet.pretraining_text(syn), "source": syn.key, "line": syn.offset}
+
+  description = "WordNet 3.0 synsets as pretraining text: 'lemmas: definition. examples.'"
+  return build_dataset(name, out_dir, params, {}, split_counts, examples, description, _text_features())

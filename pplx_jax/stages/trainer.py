@@ -1,0 +1,275 @@
+"""The one trainer every stage uses: a Task supplies data, a loss and an evaluation; this file does the rest.
+
+- validation of the config against the mesh before anything compiles;
+- a model born sharded (random init, or imported from a checkpoint / Hugging Face folder via `train.init_from`);
+- a train step jitted with explicit input/output shardings and buffer donation;
+- orbax checkpoints (params, opt_state, data-iterator state, step) with automatic resume from the newest complete
+  step, so a killed run started again with the same command continues bit for bit;
+- metrics to JSONL + TensorBoard, a progress bar or log lines, tokens/s and MFU;
+- a non-finite loss stops the run naming the step and the last good checkpoint, and is never saved.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from pathlib import Path
+from typing import Any, Callable, Mapping, Protocol
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+from flax import nnx
+
+from pplx_jax.convert import load as load_lib
+from pplx_jax.core import checkpoint as ckpt
+from pplx_jax.core import config as config_lib
+from pplx_jax.core import sharding as shd
+from pplx_jax.core.model_config import ModelConfig
+from pplx_jax.models import encoder
+from pplx_jax.stages import flops as flops_lib
+from pplx_jax.stages.metrics import MetricsWriter, Progress
+from pplx_jax.stages.optimizer import global_norm, init_sharded, make_optimizer
+
+ARCHITECTURE_FIELDS = ("vocab_size", "hidden_size", "num_layers", "num_heads", "num_kv_heads", "head_dim", "mlp_dim",
+                       "rope_theta", "rms_norm_eps", "tie_embeddings")
+
+
+class NonFiniteLossError(RuntimeError):
+  pass
+
+
+class DataIterator(Protocol):
+  def __next__(self) -> dict[str, np.ndarray]: ...
+  def get_state(self) -> Any: ...
+  def set_state(self, state: Any) -> None: ...
+
+
+class Task(Protocol):
+  """What a stage provides to the trainer. A task may also define
+  `loss_and_grad(graphdef, params, batch, rng) -> (loss, metrics, grads)` to compute gradients its own way
+  (GradCache); otherwise the trainer differentiates `loss`."""
+
+  def train_data(self, per_process_batch: int, shard_index: int, shard_count: int) -> DataIterator: ...
+
+  def loss(self, model: encoder.Encoder, batch: Mapping[str, jax.Array], rng: jax.Array
+           ) -> tuple[jax.Array, dict[str, jax.Array]]: ...
+
+  def evaluate(self, model_fn: Callable[[], encoder.Encoder], step: int) -> dict[str, float]: ...
+
+  def tokens_per_step(self, global_batch: int) -> int: ...
+
+  def flops_per_step(self, model_cfg: ModelConfig, global_batch: int) -> float: ...
+
+
+@dataclasses.dataclass
+class TrainResult:
+  step: int
+  params: Any
+  last_metrics: dict[str, float]
+  workdir: Path
+
+
+def _abstract(tree):
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
+
+
+def validate(cfg: ml_collections.ConfigDict, num_devices: int | None = None) -> tuple[ModelConfig, dict, tuple]:
+  """Everything that can be checked without compiling: model fields, mesh sizes, sharding divisibility, batch."""
+  model_cfg = config_lib.model_config(cfg)
+  num_devices = num_devices or jax.device_count()
+  mesh_shape = shd.resolve_mesh_shape(cfg.mesh, num_devices)
+  rules = shd.rules_from_config(cfg.sharding.rules or None)
+  gb = int(cfg.train.global_batch)
+  chunks = int(cfg.get("objective", {}).get("gradcache_chunks", 1) or 1)
+  shd.validate_layout(model_cfg, mesh_shape, rules, global_batch=gb, batch_chunks=chunks)
+  if gb % jax.process_count():
+    raise config_lib.ConfigError(f"train.global_batch={gb} is not divisible by the {jax.process_count()} processes")
+  if int(cfg.train.steps) <= 0:
+    raise config_lib.ConfigError(f"train.steps must be positive, got {cfg.train.steps}")
+  return model_cfg, mesh_shape, rules
+
+
+def _initial_model(cfg, model_cfg: ModelConfig, mesh, rules) -> tuple[encoder.Encoder, ModelConfig, Path | None]:
+  init_from = str(cfg.train.init_from or "")
+  if not init_from:
+    return encoder.create_model(model_cfg, seed=int(cfg.train.seed)), model_cfg, None
+  src = ckpt.resolve(init_from)
+  if src.kind == "hf":
+    from pplx_jax.convert import hf
+    src_cfg = hf.model_config_from_hf(hf.read_hf_config(src.path), source=str(src.path / "config.json"))
+  else:
+    src_cfg, _ = ckpt.read_model_config(src.path)
+  mismatch = [f"{f}: config {getattr(model_cfg, f)} vs checkpoint {getattr(src_cfg, f)}" for f in ARCHITECTURE_FIELDS
+              if getattr(model_cfg, f) != getattr(src_cfg, f)]
+  if mismatch:
+    raise config_lib.ConfigError(f"train.init_from={init_from}: architecture differs from config.model:\n  "
+                                 + "\n  ".join(mismatch))
+  runtime = {k: getattr(model_cfg, k) for k in ("attention", "attention_impl", "compute_dtype", "remat", "scan_layers",
+                                                 "param_dtype")}
+  model, loaded_cfg, _ = load_lib.load_model(init_from, mesh=mesh, rules=rules, **runtime)
+  return model, loaded_cfg, src.tokenizer_dir
+
+
+def make_train_step(task: Task, graphdef, tx: optax.GradientTransformation, schedule: optax.Schedule, seed: int):
+  """The stage's train step (params, opt_state, batch, step) -> (params, opt_state, metrics), shared by training and
+  the AOT compile check (`pplx_jax.stages.aot`), so what is checked is what runs."""
+
+  def train_step(params, opt_state, batch, step):
+    rng = jax.random.fold_in(jax.random.key(seed), step)
+
+    if hasattr(task, "loss_and_grad"):  # e.g. GradCache: chunked re-encoding computes the gradient itself
+      loss, metrics, grads = task.loss_and_grad(graphdef, params, batch, rng)
+    else:
+      def loss_fn(p):
+        return task.loss(nnx.merge(graphdef, nnx.State(p)), batch, rng)
+
+      (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    params = optax.apply_updates(params, updates)
+    metrics = dict(metrics, loss=loss, grad_norm=global_norm(grads), lr=schedule(step))
+    return params, opt_state, metrics
+
+  return train_step
+
+
+def jit_train_step(train_step, mesh, param_sh, opt_sh, batch_sh):
+  """jit with explicit shardings; params and optimizer state are donated (updated in place)."""
+  repl = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  return jax.jit(train_step, in_shardings=(param_sh, opt_sh, batch_sh, repl), out_shardings=(param_sh, opt_sh, repl),
+                 donate_argnums=(0, 1))
+
+
+def train(cfg: ml_collections.ConfigDict, workdir: str | Path, task_factory: Callable[..., Task],
+          stop_after: int | None = None, devices=None) -> TrainResult:
+  """Run (or resume) the stage described by `cfg` in `workdir`.
+
+  `stop_after` ends after that many steps (tests, benchmarks); `devices` restricts the mesh to some devices.
+  """
+  workdir = Path(workdir).resolve()
+  devices = list(devices) if devices is not None else jax.devices()
+  model_cfg, mesh_shape, rules = validate(cfg, len(devices))
+  mesh = shd.make_mesh(mesh_shape, devices)
+  total_steps = int(cfg.train.steps)
+  is_main = jax.process_index() == 0
+  workdir.mkdir(parents=True, exist_ok=True)
+  if is_main:
+    config_lib.save_config(cfg, workdir)
+
+  with shd.activate(mesh, rules):
+    model, model_cfg, init_tok = _initial_model(cfg, model_cfg, mesh, rules)
+    tok_dir = workdir / ckpt.TOKENIZER
+    src_tok = str(cfg.data.get("tokenizer", "") or "") or (str(init_tok) if init_tok else "")
+    if is_main and not ckpt.has_tokenizer(tok_dir):
+      if not src_tok:
+        raise config_lib.ConfigError("no tokenizer: set data.tokenizer or start from a model that carries one")
+      ckpt.copy_tokenizer(src_tok, tok_dir)
+    task = task_factory(cfg, model_cfg, tok_dir if ckpt.has_tokenizer(tok_dir) else Path(src_tok))
+
+    graphdef, state = nnx.split(model)
+    params = nnx.to_pure_dict(state)
+    del model, state
+    tx, schedule = make_optimizer(cfg.optimizer, total_steps)
+    opt_state = init_sharded(tx, params)
+    param_sh = jax.tree.map(lambda x: x.sharding, params)
+    opt_sh = jax.tree.map(lambda x: x.sharding, opt_state)
+
+    mngr = ckpt.manager(workdir, max_to_keep=int(cfg.train.keep_checkpoints),
+                        async_save=bool(cfg.train.async_checkpointing))
+    per_process = int(cfg.train.global_batch) // jax.process_count()
+    data = task.train_data(per_process, jax.process_index(), jax.process_count())
+
+    step = 0
+    latest = mngr.latest_step()
+    if latest is not None:
+      restored = mngr.restore(latest, args=ocp.args.Composite(
+          params=ocp.args.StandardRestore(_abstract(params)),
+          opt_state=ocp.args.StandardRestore(_abstract(opt_state)),
+          data_iter=ocp.args.JsonRestore(), train=ocp.args.JsonRestore()))
+      params, opt_state = restored.params, restored.opt_state
+      data.set_state(restored.data_iter)
+      step = int(restored.train["step"])
+      print(f"[train] resumed from {workdir / ckpt.CHECKPOINTS / str(latest)} at step {step}", flush=True)
+    elif cfg.train.init_from:
+      print(f"[train] starting from {cfg.train.init_from}", flush=True)
+
+    train_step = make_train_step(task, graphdef, tx, schedule, int(cfg.train.seed))
+    step_fn = None  # jitted at the first batch (its keys and ranks give the batch shardings)
+
+    writer = MetricsWriter(workdir, enabled=is_main)
+    progress = Progress(total_steps, step, int(cfg.train.log_every), enabled=is_main, desc=str(cfg.get("stage", "train")))
+    tokens = task.tokens_per_step(int(cfg.train.global_batch))
+    model_flops = task.flops_per_step(model_cfg, int(cfg.train.global_batch))
+    peak = flops_lib.device_peak_flops()
+    if peak is None:
+      peak = flops_lib.measure_matmul_peak()
+    peak_total = peak * len(devices)
+
+    def model_fn():
+      return nnx.merge(graphdef, nnx.State(params))
+
+    def save(step_to_save):
+      mngr.save(step_to_save, args=ocp.args.Composite(
+          params=ocp.args.StandardSave(params), opt_state=ocp.args.StandardSave(opt_state),
+          model=ocp.args.JsonSave({"config": model_cfg.to_dict(), "extra": {"stage": str(cfg.get("stage", ""))}}),
+          data_iter=ocp.args.JsonSave(data.get_state()), train=ocp.args.JsonSave({"step": step_to_save})))
+
+    last = {}
+    end = total_steps if stop_after is None else min(total_steps, step + int(stop_after))
+    if step == 0 and int(cfg.train.eval_every) > 0:  # the starting point of every held-out curve
+      ev = task.evaluate(model_fn, 0)
+      if ev:
+        writer.write(0, ev)
+        if is_main:
+          print("[eval] step 0: " + " ".join(f"{k}={v:.4g}" for k, v in ev.items()), flush=True)
+    t_prev = None
+    try:
+      while step < end:
+        local = next(data)
+        if step_fn is None:
+          batch_sh = {k: shd.batch_sharding(mesh, rules, np.ndim(v)) for k, v in local.items()}
+          step_fn = jit_train_step(train_step, mesh, param_sh, opt_sh, batch_sh)
+        batch = shd.host_local_to_global(local, mesh, rules)
+        params, opt_state, metrics = step_fn(params, opt_state, batch, jnp.asarray(step, jnp.int32))
+        metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        step += 1
+        if not math.isfinite(metrics["loss"]):
+          good = mngr.latest_step()
+          where = (workdir / ckpt.CHECKPOINTS / str(good)) if good is not None else "none (no checkpoint yet)"
+          raise NonFiniteLossError(f"non-finite loss {metrics['loss']} at step {step}; the last good checkpoint "
+                                   f"is {where}; nothing was saved after it")
+        now = time.perf_counter()
+        if t_prev is not None:  # the first step includes compilation
+          dt = now - t_prev
+          metrics.update(step_time_s=dt, tokens_per_s=tokens / dt, mfu=model_flops / dt / peak_total)
+        t_prev = now
+        writer.write(step, metrics)
+        progress.update(step, metrics)
+        last = metrics
+        if step % int(cfg.train.checkpoint_every) == 0 or step == total_steps:
+          save(step)
+        if int(cfg.train.eval_every) > 0 and (step % int(cfg.train.eval_every) == 0 or step == total_steps):
+          ev = task.evaluate(model_fn, step)
+          if ev:
+            writer.write(step, ev)
+            if is_main:
+              print(f"[eval] step {step}: " + " ".join(f"{k}={v:.4g}" for k, v in ev.items()), flush=True)
+          t_prev = None  # do not count evaluation time as a training step
+      if step == end and step % int(cfg.train.checkpoint_every) and step != total_steps:
+        save(step)
+    finally:
+      mngr.wait_until_finished()
+      mngr.close()
+      progress.close()
+      writer.close()
+  return TrainResult(step=step, params=params, last_metrics=last, workdir=workdir)
+
+
+def default_train_config() -> ml_collections.ConfigDict:
+  return ml_collections.ConfigDict(dict(
+      steps=1000, global_batch=8, seed=0, init_from="", log_every=10, eval_every=100, checkpoint_every=100,
+      keep_checkpoints=3, async_checkpointing=True))
