@@ -120,7 +120,7 @@ def test_batch_shapes_match_what_the_pipelines_yield():
     task = ContrastiveTask.for_compile(cfg, config_lib.model_config(cfg))
     d = cfg.data
     collate = pair_data._Collate([recs], Tok(), task.kind, int(d.query_len), int(d.doc_len), int(d.doc_len),
-                             int(d.num_negatives))
+                                 int(d.num_negatives))
 
     class Inner:
       source_index = [0]

@@ -171,7 +171,7 @@ def test_pipeline_batches_are_deterministic_and_resume(tmp_path, wordnet_tokeniz
 
   def make():
     return ctx_data.ContextualPipeline(src, wordnet_tokenizer, 8, sep_id=sep, query_len=12, chunk_len=16, max_chunks=6,
-                                 seed=3, shard_index=0, shard_count=1)
+                                       seed=3, shard_index=0, shard_count=1)
 
   a = make()
   batches = [next(a) for _ in range(3)]

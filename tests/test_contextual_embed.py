@@ -39,9 +39,9 @@ def _write_docs(path, docs):
 
 def _reference(model_dir, docs, max_length):
   """Per document, unbatched and unsharded: plan its windows, run each window alone, mean each chunk's span."""
-  from pplx_jax.convert import load as ckpt
+  from pplx_jax.convert import load as load_lib
   from pplx_jax.core.tokenizers import load_tokenizer
-  model, _, tok_dir = ckpt.load_model(model_dir, compute_dtype="float32")
+  model, _, tok_dir = load_lib.load_model(model_dir, compute_dtype="float32")
   tok = load_tokenizer(tok_dir)
   sep = embed_contextual.separator_id(tok)
   rows = []
@@ -150,8 +150,8 @@ def test_eval_contextual_on_a_document_file(model_dir, tmp_path):
   recs = list(wc.documents(limit=400))[:30]
   path = tmp_path / "docs.jsonl"
   path.write_text("".join(json.dumps(r) + "\n" for r in recs))
-  from pplx_jax.stages.contextual import evalset as cx
-  queries, docs, qrels = cx.load_retrieval_set(str(path))
+  from pplx_jax.stages.contextual import evalset as ctx_evalset
+  queries, docs, qrels = ctx_evalset.load_retrieval_set(str(path))
   res = contextual.evaluate_model(str(model_dir), queries, docs, qrels, ("float32",), ks=(10,))
   assert set(res) == {"contextual/float32/full/ndcg@10", "non_contextual/float32/full/ndcg@10",
                       "contextual/float32/full/recall@10", "non_contextual/float32/full/recall@10",

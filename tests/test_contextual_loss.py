@@ -12,7 +12,7 @@ import pytest
 
 from pplx_jax.core import sharding
 from pplx_jax.objectives import contextual as ctx_obj
-from pplx_jax.stages.contextual import data as contextual_data
+from pplx_jax.stages.contextual.data import content_hash_ids, content_hash_words
 
 RULES = sharding.DEFAULT_RULES
 FAST_COMPILE = {"xla_cpu_use_fusion_emitters": False}
@@ -200,20 +200,20 @@ def test_duplicate_document_masking():
   # a copy of the positive scores exactly like it; with margin it is kept (s = pos <= pos + 0.1): only M removes it
   assert masked < unique - 0.1
   texts = [f"document {h}" for h in hashes]
-  for h in (contextual_data.content_hash_ids(texts), contextual_data.content_hash_words(texts), contextual_data.content_hash_words(texts, 4)):
+  for h in (content_hash_ids(texts), content_hash_words(texts), content_hash_words(texts, 4)):
     np.testing.assert_allclose(float(ctx_obj.global_loss(q, d, h, TAU)[0]), masked, rtol=1e-6)
 
 
 def test_content_hash_helpers():
   texts = ["a", "b", "a", "ab", ["a", "b"], b"b", "c"]
-  ids = contextual_data.content_hash_ids(texts)
+  ids = content_hash_ids(texts)
   assert ids.dtype == np.int32 and ids.tolist() == [0, 1, 0, 2, 2, 1, 3]  # first-occurrence order; chunks join
-  words = contextual_data.content_hash_words(texts)
+  words = content_hash_words(texts)
   assert words.shape == (7, 2) and words.dtype == np.int32
   same = (words[:, None] == words[None]).all(-1)
   assert np.array_equal(same, ids[:, None] == ids[None])
   with pytest.raises(ValueError, match="words"):
-    contextual_data.content_hash_words(texts, 5)
+    content_hash_words(texts, 5)
 
 
 def test_contextual_loss_and_metrics_match_numpy():

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from pplx_jax import cli
-from pplx_jax.convert import load as ckpt
+from pplx_jax.convert import load as load_lib
 from pplx_jax.core.tokenizers import load_tokenizer
 from pplx_jax.data.records import DataError
 from pplx_jax.inference import embed
@@ -35,7 +35,7 @@ def texts(wordnet_corpus):
 
 def _reference(model_dir, texts, max_length=None):
   """One text at a time, no padding, no bucketing: mean of the final hidden states."""
-  model, cfg, tok_dir = ckpt.load_model(model_dir, compute_dtype="float32")
+  model, cfg, tok_dir = load_lib.load_model(model_dir, compute_dtype="float32")
   tok = load_tokenizer(tok_dir)
   out = []
   for t in texts:

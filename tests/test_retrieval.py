@@ -11,7 +11,7 @@ from pplx_jax import cli
 from pplx_jax.data import prepared
 from pplx_jax.data.records import DataError
 from pplx_jax.data.sources import wordnet
-from pplx_jax.eval import metrics as eval_metrics
+from pplx_jax.eval import metrics as R
 from pplx_jax.eval import retrieval
 from pplx_jax.stages.contrastive import data as pair_data
 from pplx_jax.stages.contrastive import evalset as pair_evalset
@@ -27,28 +27,28 @@ def test_hand_computed_example():
   rel = {0: [1, 3]}
   dcg5 = 1 / math.log2(3) + 1 / math.log2(5)
   idcg5 = 1 + 1 / math.log2(3)  # two relevant docs at ranks 1 and 2
-  assert eval_metrics.ndcg_at_k(scores, rel, 5) == pytest.approx(dcg5 / idcg5)
-  assert eval_metrics.ndcg_at_k(scores, rel, 5) == pytest.approx(0.6509209, abs=1e-7)
-  assert eval_metrics.ndcg_at_k(scores, rel, 2) == pytest.approx((1 / math.log2(3)) / idcg5)
-  assert eval_metrics.ndcg_at_k(scores, rel, 1) == 0.0
-  assert [eval_metrics.recall_at_k(scores, rel, k) for k in (1, 2, 3, 4)] == [0.0, 0.5, 0.5, 1.0]
-  assert eval_metrics.mrr(scores, rel) == 0.5 and eval_metrics.mrr(scores, rel, 1) == 0.0 and eval_metrics.mrr(scores, rel, 2) == 0.5
+  assert R.ndcg_at_k(scores, rel, 5) == pytest.approx(dcg5 / idcg5)
+  assert R.ndcg_at_k(scores, rel, 5) == pytest.approx(0.6509209, abs=1e-7)
+  assert R.ndcg_at_k(scores, rel, 2) == pytest.approx((1 / math.log2(3)) / idcg5)
+  assert R.ndcg_at_k(scores, rel, 1) == 0.0
+  assert [R.recall_at_k(scores, rel, k) for k in (1, 2, 3, 4)] == [0.0, 0.5, 0.5, 1.0]
+  assert R.mrr(scores, rel) == 0.5 and R.mrr(scores, rel, 1) == 0.0 and R.mrr(scores, rel, 2) == 0.5
   # A second query with no relevant doc is left out of every mean (trec_eval's convention).
   two = np.vstack([scores, scores])
-  assert eval_metrics.ndcg_at_k(two, {0: [1, 3]}, 5) == pytest.approx(dcg5 / idcg5)
-  assert eval_metrics.ndcg_at_k(two, [[1, 3], [1, 3]], 5, per_query=True).shape == (2,)
-  with pytest.raises(eval_metrics.EvalError, match="no query has a relevant document"):
-    eval_metrics.ndcg_at_k(scores, {}, 5)
+  assert R.ndcg_at_k(two, {0: [1, 3]}, 5) == pytest.approx(dcg5 / idcg5)
+  assert R.ndcg_at_k(two, [[1, 3], [1, 3]], 5, per_query=True).shape == (2,)
+  with pytest.raises(R.EvalError, match="no query has a relevant document"):
+    R.ndcg_at_k(scores, {}, 5)
 
 
 def test_ties_rank_by_ascending_doc_index():
   scores = np.array([[0.5, 0.5, 0.9, 0.5, 0.5]])
-  assert eval_metrics.rank_documents(scores).tolist() == [[2, 0, 1, 3, 4]]
+  assert R.rank_documents(scores).tolist() == [[2, 0, 1, 3, 4]]
   # doc 3 ties with docs 0, 1, 4: rank = 1 (doc 2 higher) + 2 (docs 0, 1 tied with smaller index) + 1
-  assert [r.tolist() for r in eval_metrics.relevant_ranks(scores, [[3]])] == [[4]]
-  assert eval_metrics.mrr(scores, [[4]]) == pytest.approx(1 / 5)
+  assert [r.tolist() for r in R.relevant_ranks(scores, [[3]])] == [[4]]
+  assert R.mrr(scores, [[4]]) == pytest.approx(1 / 5)
   # NaN scores rank last
-  assert eval_metrics.rank_documents(np.array([[np.nan, 0.1, 0.2]])).tolist() == [[2, 1, 0]]
+  assert R.rank_documents(np.array([[np.nan, 0.1, 0.2]])).tolist() == [[2, 1, 0]]
 
 
 def _brute_force(scores, rel_lists, k):
@@ -90,14 +90,14 @@ def test_matches_brute_force_double_loop_in_every_qrels_form():
   for k in (1, 5, 10, 60):
     want = _brute_force(scores, rel_lists, k)
     for name, rel in forms.items():
-      got = (eval_metrics.ndcg_at_k(scores, rel, k), eval_metrics.recall_at_k(scores, rel, k), eval_metrics.mrr(scores, rel, k))
+      got = (R.ndcg_at_k(scores, rel, k), R.recall_at_k(scores, rel, k), R.mrr(scores, rel, k))
       np.testing.assert_allclose(got, want, rtol=1e-12, err_msg=f"{name} k={k}")
   # one relevant doc per query as a 1-D index array (-1: none)
   single = np.array([r[0] if r else -1 for r in rel_lists])
-  np.testing.assert_allclose(eval_metrics.ndcg_at_k(scores, single, 10),
+  np.testing.assert_allclose(R.ndcg_at_k(scores, single, 10),
                              _brute_force(scores, [[d] if d >= 0 else [] for d in single], 10)[0], rtol=1e-12)
-  with pytest.raises(eval_metrics.EvalError, match="outside 0..59"):
-    eval_metrics.ndcg_at_k(scores, {0: [60]}, 10)
+  with pytest.raises(R.EvalError, match="outside 0..59"):
+    R.ndcg_at_k(scores, {0: [60]}, 10)
 
 
 def test_dtypes_and_matryoshka():
@@ -106,7 +106,7 @@ def test_dtypes_and_matryoshka():
   de = rng.normal(size=(50, 20)).astype(np.float32)
   rel = rng.integers(0, 50, size=30)
   ks = (1, 10)
-  out = eval_metrics.retrieval_scores(qe, de, rel, ks, "float32", dims=(8, None))
+  out = R.retrieval_scores(qe, de, rel, ks, "float32", dims=(8, None))
   assert set(out) == {f"float32/{d}/{m}@{k}" for d in ("8", "full") for m in ("ndcg", "recall", "mrr") for k in ks}
 
   def cos(a, b):
@@ -121,22 +121,22 @@ def test_dtypes_and_matryoshka():
                                                                   [[d] for d in rel], 10)[1])
   # int8: cosine over the codes round(127 tanh(x)) of the prefix
   qi, di = (np.round(127 * np.tanh(x[:, :12])).astype(np.int8) for x in (qe, de))
-  got = eval_metrics.retrieval_scores(qe, de, rel, ks, "int8", dims=12)
+  got = R.retrieval_scores(qe, de, rel, ks, "int8", dims=12)
   want = _brute_force(cos(qi.astype(float), di.astype(float)), [[d] for d in rel], 10)
   assert got["int8/12/ndcg@10"] == pytest.approx(want[0]) and got["int8/12/mrr@10"] == pytest.approx(want[2])
-  assert eval_metrics.retrieval_scores(qi, di, rel, ks, "int8")["int8/full/ndcg@10"] == pytest.approx(want[0])
+  assert R.retrieval_scores(qi, di, rel, ks, "int8")["int8/full/ndcg@10"] == pytest.approx(want[0])
   # binary: number of equal sign bits, via packed bits (dim 12: 4 pad bits per code never differ)
   qb, db = (np.packbits(x[:, :12] >= 0, axis=1) for x in (qe, de))
-  ham = eval_metrics.hamming_similarity(qb, db, 12)
+  ham = R.hamming_similarity(qb, db, 12)
   loop = np.array([[int(np.sum((qe[i, :12] >= 0) == (de[j, :12] >= 0))) for j in range(50)] for i in range(30)])
   assert np.array_equal(ham, loop)
-  got = eval_metrics.retrieval_scores(qe, de, rel, ks, "binary", dims=12)
+  got = R.retrieval_scores(qe, de, rel, ks, "binary", dims=12)
   assert got["binary/12/ndcg@10"] == pytest.approx(_brute_force(loop.astype(float), [[d] for d in rel], 10)[0])
-  with pytest.raises(eval_metrics.EvalError, match="exceeds the embedding size 20"):
-    eval_metrics.retrieval_scores(qe, de, rel, ks, "float32", dims=(64,))
-  with pytest.raises(eval_metrics.EvalError, match="unknown embedding dtype"):
-    eval_metrics.retrieval_scores(qe, de, rel, ks, "int4")
-  table = eval_metrics.format_table({**out, **got})
+  with pytest.raises(R.EvalError, match="exceeds the embedding size 20"):
+    R.retrieval_scores(qe, de, rel, ks, "float32", dims=(64,))
+  with pytest.raises(R.EvalError, match="unknown embedding dtype"):
+    R.retrieval_scores(qe, de, rel, ks, "int4")
+  table = R.format_table({**out, **got})
   assert table.splitlines()[0] == "| dtype | dim | nDCG@1 | nDCG@10 | R@1 | R@10 | MRR@1 | MRR@10 |"
   assert "| binary | 12 |" in table and len(table.splitlines()) == 5
 
@@ -179,7 +179,7 @@ def test_prepare_errors_name_file_and_line_then_skip(tmp_path):
   lines = [json.dumps(r) for r in _triplets(30)] + [bad for kind, bad, _ in BAD_RECORDS]
   (tmp_path / "mixed.jsonl").write_text("\n".join(lines) + "\n")
   d = pair_prepare.prepare_pairs(tmp_path / "mixed.jsonl", tmp_path / "out", kind="triplet", on_error="skip",
-                          validation_fraction=0.2)
+                                 validation_fraction=0.2)
   meta = prepared.dataset_metadata(d)
   assert meta["skipped"] == {"invalid_json": 2, "missing_field": 2, "non_string_field": 1, "empty_text": 1,
                              "invalid_negatives": 4}
@@ -202,7 +202,8 @@ def test_triplets_from_parquet_split_by_query(tmp_path):
     for r in got:
       assert r == {k: by_query[r["query"]][k] for k in ("query", "positive", "negatives")}
   # same inputs + parameters: reused; different parameters: refused
-  assert pair_prepare.prepare_pairs(tmp_path / "t.parquet", tmp_path / "out", kind="triplet", validation_fraction=0.25) == d
+  assert pair_prepare.prepare_pairs(tmp_path / "t.parquet", tmp_path / "out", kind="triplet",
+                                    validation_fraction=0.25) == d
   with pytest.raises(FileExistsError, match="different dataset"):
     pair_prepare.prepare_pairs(tmp_path / "t.parquet", tmp_path / "out", kind="triplet", validation_fraction=0.5)
   # a retrieval set from the split: hard negatives are non-relevant corpus docs
@@ -238,8 +239,8 @@ def test_wordnet_pairs_and_held_out_retrieval_set(tmp_path):
   assert {q: {docs[j] for j in r} for q, r in zip(queries, qrels)} == want
   assert set(docs) == set().union(*want.values())
   # deterministic samples keep every sampled query's relevant docs
-  a = pair_evalset.wordnet_retrieval_set(validation_fraction=0.1, limit=limit, max_queries=10, max_docs=12, sample_seed=3)
-  b = pair_evalset.wordnet_retrieval_set(validation_fraction=0.1, limit=limit, max_queries=10, max_docs=12, sample_seed=3)
+  kw = dict(validation_fraction=0.1, limit=limit, max_queries=10, max_docs=12, sample_seed=3)
+  a, b = pair_evalset.wordnet_retrieval_set(**kw), pair_evalset.wordnet_retrieval_set(**kw)
   assert a == b and len(a[0]) == 10 and len(a[1]) >= 10
   assert all({a[1][j] for j in r} == want[q] for q, r in zip(a[0], a[2]))
 
@@ -329,7 +330,7 @@ def test_mteb_ndcg_equals_ours(tiny_model):
   queries, docs, qrels = pair_evalset.wordnet_retrieval_set(validation_fraction=0.2, limit=1500, max_queries=150)
   enc = mteb_adapter.PplxEncoder(tiny_model, batch_size=64, max_length=64)
   emb = enc.embed_texts(queries + docs)
-  ours = eval_metrics.retrieval_scores(emb[:len(queries)], emb[len(queries):], qrels, (1, 10, 100), "float32")
+  ours = R.retrieval_scores(emb[:len(queries)], emb[len(queries):], qrels, (1, 10, 100), "float32")
   theirs = mteb_adapter.mteb_retrieval_scores(enc, queries, docs, qrels)
   for k in (1, 10, 100):
     assert theirs[f"ndcg_at_{k}"] == pytest.approx(ours[f"float32/full/ndcg@{k}"], abs=1e-4)
@@ -339,14 +340,14 @@ def test_mteb_ndcg_equals_ours(tiny_model):
   # int8 embeddings through mteb's cosine == ours (cosine over the codes)
   enc.dtype = "int8"
   theirs8 = mteb_adapter.mteb_retrieval_scores(enc, queries, docs, qrels)
-  ours8 = eval_metrics.retrieval_scores(emb[:len(queries)], emb[len(queries):], qrels, (10,), "int8")
+  ours8 = R.retrieval_scores(emb[:len(queries)], emb[len(queries):], qrels, (10,), "int8")
   assert theirs8["ndcg_at_10"] == pytest.approx(ours8["int8/full/ndcg@10"], abs=1e-4)
   # binary (Hamming) scores tie often: mteb/pytrec_eval rank ties by doc id descending, we by index ascending.
   # Reversing the corpus order turns our rule into theirs, and then the numbers agree.
   enc.dtype = "binary"
   theirs_b = mteb_adapter.mteb_retrieval_scores(enc, queries, docs, qrels)
   n = len(docs)
-  ours_b = eval_metrics.retrieval_scores(emb[:len(queries)], emb[len(queries):][::-1], [[n - 1 - j for j in r] for r in qrels],
+  ours_b = R.retrieval_scores(emb[:len(queries)], emb[len(queries):][::-1], [[n - 1 - j for j in r] for r in qrels],
                               (10,), "binary")
   assert theirs_b["ndcg_at_10"] == pytest.approx(ours_b["binary/full/ndcg@10"], abs=1e-4)
   assert theirs_b["mrr_at_10"] == pytest.approx(ours_b["binary/full/mrr@10"], abs=1e-4)

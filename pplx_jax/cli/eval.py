@@ -18,8 +18,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
   p.add_argument("--model", required=True, help="pplx-jax workdir / checkpoint step, or a Hugging Face / "
                  "sentence-transformers folder")
   p.add_argument("--data", default="wordnet",
-                 help="'wordnet' (held-out WordNet synsets: lemma/example -> definition), a pairs dataset "
-                      "prepared with pplx_jax.stages.contrastive.prepare, or a .jsonl/.parquet file of query/positive records")
+                 help="'wordnet' (held-out WordNet synsets: lemma/example -> definition), a prepared pairs dataset "
+                      "(pplx_jax.stages.contrastive.prepare), or a .jsonl/.parquet file of query/positive records")
   p.add_argument("--split", default="validation", help="split of the dataset (WordNet: train or validation)")
   p.add_argument("--dtypes", nargs="+", default=list(DTYPES), choices=DTYPES)
   p.add_argument("--dims", nargs="+", default=["full"],
@@ -41,8 +41,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
   p.add_argument("--json", default=None, help="also write the results (and the setup) to this JSON file")
   p.add_argument("--contextual", action="store_true",
                  help="ConTEB protocol on contextual documents (--data: 'wordnet' = the WordNet contextual set, a "
-                      "dataset prepared with pplx_jax.stages.contextual.prepare, or a .jsonl/.parquet of {doc_id, chunks, "
-                      "queries}): every query against every chunk, late chunking vs each chunk alone, side by side")
+                      "prepared contextual dataset (pplx_jax.stages.contextual.prepare), or a .jsonl/.parquet of "
+                      "{doc_id, chunks, queries}): every query against every chunk, late chunking vs each chunk alone")
 
 
 def run_contextual_eval(args: argparse.Namespace) -> int:
@@ -80,8 +80,7 @@ def run_contextual_eval(args: argparse.Namespace) -> int:
 def run(args: argparse.Namespace) -> int:
   if args.contextual:
     return run_contextual_eval(args)
-  from pplx_jax.eval.metrics import dim_label, format_table, normalise_dims
-  from pplx_jax.eval.metrics import evaluate_model
+  from pplx_jax.eval.metrics import dim_label, evaluate_model, format_table, normalise_dims
   from pplx_jax.stages.contrastive import evalset as pair_evalset
 
   t0 = time.perf_counter()

@@ -26,7 +26,8 @@ def add_args(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--field", default="text", help="JSON field / parquet column holding the text")
   parser.add_argument("--contextual", action="store_true",
                       help="contextual documents {doc_id, chunks, queries: [{text, chunk}]} from .jsonl/.parquet "
-                           "(--input), or the WordNet contextual set (--wordnet); see pplx_jax.stages.contextual.prepare")
+                           "(--input), or the WordNet contextual set (--wordnet); see "
+                           "pplx_jax.stages.contextual.prepare")
   parser.add_argument("--limit", type=int, default=None, help=argparse.SUPPRESS)  # WordNet subset for tests
 
 

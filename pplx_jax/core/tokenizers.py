@@ -64,283 +64,283 @@ SPECIAL_TOKENS_MAP = "special_tokens_map.json"
 
 
 class Tokenizer(abc.ABC):
-    kind: str
+  kind: str
 
-    @property
-    @abc.abstractmethod
-    def vocab_size(self) -> int:
-        """Number of ids the tokenizer can emit (max id + 1, special tokens included)."""
+  @property
+  @abc.abstractmethod
+  def vocab_size(self) -> int:
+    """Number of ids the tokenizer can emit (max id + 1, special tokens included)."""
 
-    @property
-    @abc.abstractmethod
-    def pad_id(self) -> int: ...
+  @property
+  @abc.abstractmethod
+  def pad_id(self) -> int: ...
 
-    @property
-    @abc.abstractmethod
-    def eos_id(self) -> int | None: ...
+  @property
+  @abc.abstractmethod
+  def eos_id(self) -> int | None: ...
 
-    @abc.abstractmethod
-    def encode(self, text: str) -> list[int]:
-        """Ids exactly as the tokenizer produces them by default (special tokens included)."""
+  @abc.abstractmethod
+  def encode(self, text: str) -> list[int]:
+    """Ids exactly as the tokenizer produces them by default (special tokens included)."""
 
-    @abc.abstractmethod
-    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]: ...
+  @abc.abstractmethod
+  def encode_batch(self, texts: Sequence[str]) -> list[list[int]]: ...
 
-    @abc.abstractmethod
-    def encode_plain(self, text: str) -> list[int]:
-        """Ids without any added special tokens."""
+  @abc.abstractmethod
+  def encode_plain(self, text: str) -> list[int]:
+    """Ids without any added special tokens."""
 
-    @abc.abstractmethod
-    def decode(self, ids: Sequence[int]) -> str: ...
+  @abc.abstractmethod
+  def decode(self, ids: Sequence[int]) -> str: ...
 
-    @abc.abstractmethod
-    def token_to_id(self, token: str) -> int | None: ...
+  @abc.abstractmethod
+  def token_to_id(self, token: str) -> int | None: ...
 
-    @abc.abstractmethod
-    def save(self, directory: str | os.PathLike) -> None: ...
+  @abc.abstractmethod
+  def save(self, directory: str | os.PathLike) -> None: ...
 
-    @property
-    def mask_id(self) -> int | None:
-        return self.token_to_id(MASK_TOKEN)
+  @property
+  def mask_id(self) -> int | None:
+    return self.token_to_id(MASK_TOKEN)
 
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(vocab_size={self.vocab_size}, eos_id={self.eos_id})"
+  def __repr__(self) -> str:
+    return f"{type(self).__name__}(vocab_size={self.vocab_size}, eos_id={self.eos_id})"
 
 
 def _token_content(value) -> str | None:
-    # tokenizer_config.json stores special tokens either as strings or as serialized AddedTokens.
-    if isinstance(value, dict):
-        return value.get("content")
-    return value if isinstance(value, str) else None
+  # tokenizer_config.json stores special tokens either as strings or as serialized AddedTokens.
+  if isinstance(value, dict):
+    return value.get("content")
+  return value if isinstance(value, str) else None
 
 
 def _read_json(path: Path) -> dict:
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+  with open(path, encoding="utf-8") as f:
+    return json.load(f)
 
 
 def _write_json(path: Path, obj: dict) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2, ensure_ascii=False)
-        f.write("\n")
+  with open(path, "w", encoding="utf-8") as f:
+    json.dump(obj, f, indent=2, ensure_ascii=False)
+    f.write("\n")
 
 
 class HuggingFaceTokenizer(Tokenizer):
-    kind = "huggingface"
+  kind = "huggingface"
 
-    def __init__(self, tokenizer, config: dict | None = None, source_dir: str | os.PathLike | None = None):
-        self._tok = tokenizer
-        self._config = dict(config or {})
-        self._source_dir = Path(source_dir) if source_dir is not None else None
-        self._vocab_size: int | None = None
+  def __init__(self, tokenizer, config: dict | None = None, source_dir: str | os.PathLike | None = None):
+    self._tok = tokenizer
+    self._config = dict(config or {})
+    self._source_dir = Path(source_dir) if source_dir is not None else None
+    self._vocab_size: int | None = None
 
-    @classmethod
-    def from_file(cls, tokenizer_json: str | os.PathLike) -> HuggingFaceTokenizer:
-        from tokenizers import Tokenizer as _HFTokenizer
+  @classmethod
+  def from_file(cls, tokenizer_json: str | os.PathLike) -> HuggingFaceTokenizer:
+    from tokenizers import Tokenizer as _HFTokenizer
 
-        path = Path(tokenizer_json)
-        config_path = path.parent / TOKENIZER_CONFIG
-        config = _read_json(config_path) if config_path.is_file() else {}
-        return cls(_HFTokenizer.from_file(str(path)), config, source_dir=path.parent)
+    path = Path(tokenizer_json)
+    config_path = path.parent / TOKENIZER_CONFIG
+    config = _read_json(config_path) if config_path.is_file() else {}
+    return cls(_HFTokenizer.from_file(str(path)), config, source_dir=path.parent)
 
-    @property
-    def backend(self):
-        """The underlying `tokenizers.Tokenizer`."""
-        return self._tok
+  @property
+  def backend(self):
+    """The underlying `tokenizers.Tokenizer`."""
+    return self._tok
 
-    def _config_token_id(self, key: str) -> int | None:
-        content = _token_content(self._config.get(key))
-        return self._tok.token_to_id(content) if content is not None else None
+  def _config_token_id(self, key: str) -> int | None:
+    content = _token_content(self._config.get(key))
+    return self._tok.token_to_id(content) if content is not None else None
 
-    @property
-    def vocab_size(self) -> int:
-        if self._vocab_size is None:
-            # Max id + 1 rather than len(vocab): added tokens may leave holes in the id space.
-            self._vocab_size = max(self._tok.get_vocab(with_added_tokens=True).values()) + 1
-        return self._vocab_size
+  @property
+  def vocab_size(self) -> int:
+    if self._vocab_size is None:
+      # Max id + 1 rather than len(vocab): added tokens may leave holes in the id space.
+      self._vocab_size = max(self._tok.get_vocab(with_added_tokens=True).values()) + 1
+    return self._vocab_size
 
-    @property
-    def eos_id(self) -> int | None:
-        eos = self._config_token_id("eos_token")
-        return eos if eos is not None else self._tok.token_to_id(ENDOFTEXT)
+  @property
+  def eos_id(self) -> int | None:
+    eos = self._config_token_id("eos_token")
+    return eos if eos is not None else self._tok.token_to_id(ENDOFTEXT)
 
-    @property
-    def pad_id(self) -> int:
-        # Qwen defines no pad token in some configs; it pads with <|endoftext|>.
-        for candidate in (self._config_token_id("pad_token"), self._tok.token_to_id(ENDOFTEXT), self.eos_id):
-            if candidate is not None:
-                return candidate
-        raise ValueError("tokenizer defines no pad token, no <|endoftext|> and no eos token")
+  @property
+  def pad_id(self) -> int:
+    # Qwen defines no pad token in some configs; it pads with <|endoftext|>.
+    for candidate in (self._config_token_id("pad_token"), self._tok.token_to_id(ENDOFTEXT), self.eos_id):
+      if candidate is not None:
+        return candidate
+    raise ValueError("tokenizer defines no pad token, no <|endoftext|> and no eos token")
 
-    def encode(self, text: str) -> list[int]:
-        return self._tok.encode(text).ids
+  def encode(self, text: str) -> list[int]:
+    return self._tok.encode(text).ids
 
-    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
-        return [e.ids for e in self._tok.encode_batch(list(texts))]
+  def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+    return [e.ids for e in self._tok.encode_batch(list(texts))]
 
-    def encode_plain(self, text: str) -> list[int]:
-        return self._tok.encode(text, add_special_tokens=False).ids
+  def encode_plain(self, text: str) -> list[int]:
+    return self._tok.encode(text, add_special_tokens=False).ids
 
-    def decode(self, ids: Sequence[int], skip_special_tokens: bool = False) -> str:
-        # Keep specials by default, like transformers' decode, so <|mask|> survives a round trip.
-        return self._tok.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
+  def decode(self, ids: Sequence[int], skip_special_tokens: bool = False) -> str:
+    # Keep specials by default, like transformers' decode, so <|mask|> survives a round trip.
+    return self._tok.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
 
-    def token_to_id(self, token: str) -> int | None:
-        return self._tok.token_to_id(token)
+  def token_to_id(self, token: str) -> int | None:
+    return self._tok.token_to_id(token)
 
-    def _default_config(self) -> dict:
-        eos = self._tok.id_to_token(self.eos_id) if self.eos_id is not None else None
-        config = {
-            # The generic class makes transformers load tokenizer.json as-is.
-            "tokenizer_class": "PreTrainedTokenizerFast",
-            "eos_token": eos,
-            "pad_token": self._tok.id_to_token(self.pad_id),
-            "bos_token": None,
-            "unk_token": None,
-            "clean_up_tokenization_spaces": False,
-        }
-        if self.mask_id is not None:
-            config["mask_token"] = MASK_TOKEN
-        return config
+  def _default_config(self) -> dict:
+    eos = self._tok.id_to_token(self.eos_id) if self.eos_id is not None else None
+    config = {
+        # The generic class makes transformers load tokenizer.json as-is.
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "eos_token": eos,
+        "pad_token": self._tok.id_to_token(self.pad_id),
+        "bos_token": None,
+        "unk_token": None,
+        "clean_up_tokenization_spaces": False,
+    }
+    if self.mask_id is not None:
+      config["mask_token"] = MASK_TOKEN
+    return config
 
-    def save(self, directory: str | os.PathLike) -> None:
-        out = Path(directory)
-        out.mkdir(parents=True, exist_ok=True)
-        src = self._source_dir
-        if src is not None and (src / TOKENIZER_JSON).is_file():
-            _copy(src / TOKENIZER_JSON, out / TOKENIZER_JSON)
-        else:
-            self._tok.save(str(out / TOKENIZER_JSON))
-        if src is not None and (src / TOKENIZER_CONFIG).is_file():
-            _copy(src / TOKENIZER_CONFIG, out / TOKENIZER_CONFIG)
-        else:
-            _write_json(out / TOKENIZER_CONFIG, self._config or self._default_config())
-        if src is not None and (src / SPECIAL_TOKENS_MAP).is_file():
-            _copy(src / SPECIAL_TOKENS_MAP, out / SPECIAL_TOKENS_MAP)
+  def save(self, directory: str | os.PathLike) -> None:
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    src = self._source_dir
+    if src is not None and (src / TOKENIZER_JSON).is_file():
+      _copy(src / TOKENIZER_JSON, out / TOKENIZER_JSON)
+    else:
+      self._tok.save(str(out / TOKENIZER_JSON))
+    if src is not None and (src / TOKENIZER_CONFIG).is_file():
+      _copy(src / TOKENIZER_CONFIG, out / TOKENIZER_CONFIG)
+    else:
+      _write_json(out / TOKENIZER_CONFIG, self._config or self._default_config())
+    if src is not None and (src / SPECIAL_TOKENS_MAP).is_file():
+      _copy(src / SPECIAL_TOKENS_MAP, out / SPECIAL_TOKENS_MAP)
 
 
 class SentencePieceTokenizer(Tokenizer):
-    kind = "sentencepiece"
+  kind = "sentencepiece"
 
-    def __init__(self, model_file: str | os.PathLike, config: dict | None = None):
-        import sentencepiece as spm
+  def __init__(self, model_file: str | os.PathLike, config: dict | None = None):
+    import sentencepiece as spm
 
-        self.model_file = Path(model_file)
-        self._sp = spm.SentencePieceProcessor(model_file=str(self.model_file))
-        self._config = dict(config or {})
+    self.model_file = Path(model_file)
+    self._sp = spm.SentencePieceProcessor(model_file=str(self.model_file))
+    self._config = dict(config or {})
 
-    @classmethod
-    def from_file(cls, model_file: str | os.PathLike) -> SentencePieceTokenizer:
-        config_path = Path(model_file).parent / TOKENIZER_CONFIG
-        return cls(model_file, _read_json(config_path) if config_path.is_file() else None)
+  @classmethod
+  def from_file(cls, model_file: str | os.PathLike) -> SentencePieceTokenizer:
+    config_path = Path(model_file).parent / TOKENIZER_CONFIG
+    return cls(model_file, _read_json(config_path) if config_path.is_file() else None)
 
-    @property
-    def backend(self):
-        """The underlying `sentencepiece.SentencePieceProcessor`."""
-        return self._sp
+  @property
+  def backend(self):
+    """The underlying `sentencepiece.SentencePieceProcessor`."""
+    return self._sp
 
-    @property
-    def vocab_size(self) -> int:
-        return self._sp.get_piece_size()
+  @property
+  def vocab_size(self) -> int:
+    return self._sp.get_piece_size()
 
-    @property
-    def eos_id(self) -> int | None:
-        eos = self._sp.eos_id()
-        return eos if eos >= 0 else None
+  @property
+  def eos_id(self) -> int | None:
+    eos = self._sp.eos_id()
+    return eos if eos >= 0 else None
 
-    @property
-    def pad_id(self) -> int:
-        for candidate in (self._sp.pad_id(), self.eos_id):
-            if candidate is not None and candidate >= 0:
-                return candidate
-        raise ValueError(f"{self.model_file} defines neither a pad nor an eos piece")
+  @property
+  def pad_id(self) -> int:
+    for candidate in (self._sp.pad_id(), self.eos_id):
+      if candidate is not None and candidate >= 0:
+        return candidate
+    raise ValueError(f"{self.model_file} defines neither a pad nor an eos piece")
 
-    def encode(self, text: str) -> list[int]:
-        # SentencePiece's default: no BOS/EOS (see module docstring).
-        return self._sp.encode(text)
+  def encode(self, text: str) -> list[int]:
+    # SentencePiece's default: no BOS/EOS (see module docstring).
+    return self._sp.encode(text)
 
-    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
-        return self._sp.encode(list(texts))
+  def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+    return self._sp.encode(list(texts))
 
-    def encode_plain(self, text: str) -> list[int]:
-        return self._sp.encode(text)
+  def encode_plain(self, text: str) -> list[int]:
+    return self._sp.encode(text)
 
-    def decode(self, ids: Sequence[int]) -> str:
-        return self._sp.decode([int(i) for i in ids])
+  def decode(self, ids: Sequence[int]) -> str:
+    return self._sp.decode([int(i) for i in ids])
 
-    def token_to_id(self, token: str) -> int | None:
-        # piece_to_id maps unknown pieces to the unk id instead of failing.
-        i = self._sp.piece_to_id(token)
-        if i == self._sp.unk_id() and token != self._sp.id_to_piece(i):
-            return None
-        return i
+  def token_to_id(self, token: str) -> int | None:
+    # piece_to_id maps unknown pieces to the unk id instead of failing.
+    i = self._sp.piece_to_id(token)
+    if i == self._sp.unk_id() and token != self._sp.id_to_piece(i):
+      return None
+    return i
 
-    def _piece(self, i: int) -> str | None:
-        return self._sp.id_to_piece(i) if 0 <= i < self.vocab_size else None
+  def _piece(self, i: int) -> str | None:
+    return self._sp.id_to_piece(i) if 0 <= i < self.vocab_size else None
 
-    def _default_config(self) -> dict:
-        config = {
-            # Generic class: transformers converts tokenizer.model following the model's own
-            # normalizer spec (LlamaTokenizer would impose BPE and its own prefix-space rules).
-            "tokenizer_class": "PreTrainedTokenizerFast",
-            "bos_token": self._piece(self._sp.bos_id()),
-            "eos_token": self._piece(self._sp.eos_id()),
-            "unk_token": self._piece(self._sp.unk_id()),
-            "pad_token": self._piece(self.pad_id),
-            "add_bos_token": False,
-            "add_eos_token": False,
-            "clean_up_tokenization_spaces": False,
-        }
-        if self.mask_id is not None:
-            config["mask_token"] = MASK_TOKEN
-        return config
+  def _default_config(self) -> dict:
+    config = {
+        # Generic class: transformers converts tokenizer.model following the model's own
+        # normalizer spec (LlamaTokenizer would impose BPE and its own prefix-space rules).
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "bos_token": self._piece(self._sp.bos_id()),
+        "eos_token": self._piece(self._sp.eos_id()),
+        "unk_token": self._piece(self._sp.unk_id()),
+        "pad_token": self._piece(self.pad_id),
+        "add_bos_token": False,
+        "add_eos_token": False,
+        "clean_up_tokenization_spaces": False,
+    }
+    if self.mask_id is not None:
+      config["mask_token"] = MASK_TOKEN
+    return config
 
-    def save(self, directory: str | os.PathLike) -> None:
-        out = Path(directory)
-        out.mkdir(parents=True, exist_ok=True)
-        _copy(self.model_file, out / TOKENIZER_MODEL)
-        _write_json(out / TOKENIZER_CONFIG, self._config or self._default_config())
-        # A stale tokenizer.json would shadow the model just written (both here and in transformers).
-        (out / TOKENIZER_JSON).unlink(missing_ok=True)
-        try:
-            from transformers import AutoTokenizer
-        except ImportError:
-            warnings.warn(
-                f"transformers is not installed: wrote no {TOKENIZER_JSON} to {out}; transformers will "
-                "convert tokenizer.model itself, which differs on text spelling control/byte pieces",
-                stacklevel=2,
-            )
-            return
-        # Freeze transformers' own conversion so that load_tokenizer(out) and AutoTokenizer agree.
-        AutoTokenizer.from_pretrained(str(out)).backend_tokenizer.save(str(out / TOKENIZER_JSON))
+  def save(self, directory: str | os.PathLike) -> None:
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    _copy(self.model_file, out / TOKENIZER_MODEL)
+    _write_json(out / TOKENIZER_CONFIG, self._config or self._default_config())
+    # A stale tokenizer.json would shadow the model just written (both here and in transformers).
+    (out / TOKENIZER_JSON).unlink(missing_ok=True)
+    try:
+      from transformers import AutoTokenizer
+    except ImportError:
+      warnings.warn(
+          f"transformers is not installed: wrote no {TOKENIZER_JSON} to {out}; transformers will "
+          "convert tokenizer.model itself, which differs on text spelling control/byte pieces",
+          stacklevel=2,
+      )
+      return
+    # Freeze transformers' own conversion so that load_tokenizer(out) and AutoTokenizer agree.
+    AutoTokenizer.from_pretrained(str(out)).backend_tokenizer.save(str(out / TOKENIZER_JSON))
 
 
 def _copy(src: Path, dst: Path) -> None:
-    if src.resolve() != dst.resolve():
-        shutil.copyfile(src, dst)
+  if src.resolve() != dst.resolve():
+    shutil.copyfile(src, dst)
 
 
 def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
-    """Load from a folder (tokenizer.json preferred, else tokenizer.model or a single *.model) or a file."""
-    p = Path(path)
-    if p.is_file():
-        if p.suffix == ".json":
-            return HuggingFaceTokenizer.from_file(p)
-        if p.suffix == ".model":
-            return SentencePieceTokenizer.from_file(p)
-        raise ValueError(f"unrecognized tokenizer file {p}: expected a tokenizer.json or a SentencePiece .model")
-    if not p.is_dir():
-        raise FileNotFoundError(f"tokenizer path {p} does not exist")
-    if (p / TOKENIZER_JSON).is_file():
-        return HuggingFaceTokenizer.from_file(p / TOKENIZER_JSON)
-    if (p / TOKENIZER_MODEL).is_file():
-        return SentencePieceTokenizer.from_file(p / TOKENIZER_MODEL)
-    models = sorted(p.glob("*.model"))
-    if len(models) == 1:
-        return SentencePieceTokenizer.from_file(models[0])
-    if len(models) > 1:
-        raise FileNotFoundError(f"ambiguous tokenizer in {p}: several *.model files {[m.name for m in models]}")
-    raise FileNotFoundError(f"no tokenizer in {p}: looked for {TOKENIZER_JSON}, {TOKENIZER_MODEL} or *.model")
+  """Load from a folder (tokenizer.json preferred, else tokenizer.model or a single *.model) or a file."""
+  p = Path(path)
+  if p.is_file():
+    if p.suffix == ".json":
+      return HuggingFaceTokenizer.from_file(p)
+    if p.suffix == ".model":
+      return SentencePieceTokenizer.from_file(p)
+    raise ValueError(f"unrecognized tokenizer file {p}: expected a tokenizer.json or a SentencePiece .model")
+  if not p.is_dir():
+    raise FileNotFoundError(f"tokenizer path {p} does not exist")
+  if (p / TOKENIZER_JSON).is_file():
+    return HuggingFaceTokenizer.from_file(p / TOKENIZER_JSON)
+  if (p / TOKENIZER_MODEL).is_file():
+    return SentencePieceTokenizer.from_file(p / TOKENIZER_MODEL)
+  models = sorted(p.glob("*.model"))
+  if len(models) == 1:
+    return SentencePieceTokenizer.from_file(models[0])
+  if len(models) > 1:
+    raise FileNotFoundError(f"ambiguous tokenizer in {p}: several *.model files {[m.name for m in models]}")
+  raise FileNotFoundError(f"no tokenizer in {p}: looked for {TOKENIZER_JSON}, {TOKENIZER_MODEL} or *.model")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -348,48 +348,48 @@ def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
 
 
 def _expand_inputs(inputs: Sequence[str | os.PathLike]) -> list[Path]:
-    if isinstance(inputs, (str, os.PathLike)):
-        inputs = [inputs]
-    files: list[Path] = []
-    for pattern in inputs:
-        pattern = str(pattern)
-        matches = sorted(glob.glob(pattern, recursive=True)) if glob.has_magic(pattern) else [pattern]
-        matches = [m for m in matches if Path(m).is_file()]
-        if not matches:
-            raise FileNotFoundError(f"training input {pattern} matched no file")
-        files.extend(Path(m) for m in matches)
-    return files
+  if isinstance(inputs, (str, os.PathLike)):
+    inputs = [inputs]
+  files: list[Path] = []
+  for pattern in inputs:
+    pattern = str(pattern)
+    matches = sorted(glob.glob(pattern, recursive=True)) if glob.has_magic(pattern) else [pattern]
+    matches = [m for m in matches if Path(m).is_file()]
+    if not matches:
+      raise FileNotFoundError(f"training input {pattern} matched no file")
+    files.extend(Path(m) for m in matches)
+  return files
 
 
 def iter_documents(inputs: Sequence[str | os.PathLike]) -> Iterator[str]:
-    """Documents from text files (one per line) or .jsonl files (`text` field); empty ones are skipped.
+  """Documents from text files (one per line) or .jsonl files (`text` field); empty ones are skipped.
 
-    Errors name the file and the 1-based line number.
-    """
-    for path in _expand_inputs(inputs):
-        is_jsonl = path.suffix == ".jsonl"
-        with open(path, "rb") as f:
-            for lineno, raw in enumerate(f, start=1):
-                try:
-                    line = raw.decode("utf-8")
-                except UnicodeDecodeError as e:
-                    raise ValueError(f"{path}:{lineno}: invalid UTF-8 ({e.reason} at byte {e.start})") from None
-                line = line.rstrip("\r\n")
-                if not is_jsonl:
-                    if line:
-                        yield line
-                    continue
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{path}:{lineno}: invalid JSON ({e.msg})") from None
-                text = record.get("text") if isinstance(record, dict) else None
-                if not isinstance(text, str):
-                    raise ValueError(f"{path}:{lineno}: record has no string 'text' field")
-                if text:
-                    yield text
+  Errors name the file and the 1-based line number.
+  """
+  for path in _expand_inputs(inputs):
+    is_jsonl = path.suffix == ".jsonl"
+    with open(path, "rb") as f:
+      for lineno, raw in enumerate(f, start=1):
+        try:
+          line = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+          raise ValueError(f"{path}:{lineno}: invalid UTF-8 ({e.reason} at byte {e.start})") from None
+        line = line.rstrip("\r\n")
+        if not is_jsonl:
+          if line:
+            yield line
+          continue
+        if not line.strip():
+          continue
+        try:
+          record = json.loads(line)
+        except json.JSONDecodeError as e:
+          raise ValueError(f"{path}:{lineno}: invalid JSON ({e.msg})") from None
+        text = record.get("text") if isinstance(record, dict) else None
+        if not isinstance(text, str):
+          raise ValueError(f"{path}:{lineno}: record has no string 'text' field")
+        if text:
+          yield text
 
 
 def train_sentencepiece(
@@ -403,64 +403,64 @@ def train_sentencepiece(
     num_threads: int = 1,
     seed: int = 0,
 ) -> SentencePieceTokenizer:
-    """Train a SentencePiece model and `save()` it to `out_dir` (tokenizer.model, tokenizer_config.json
-    and, with transformers installed, the converted tokenizer.json; see the module docstring).
+  """Train a SentencePiece model and `save()` it to `out_dir` (tokenizer.model, tokenizer_config.json
+  and, with transformers installed, the converted tokenizer.json; see the module docstring).
 
-    Ids: <unk>=0, <s>=1, </s>=2, <pad>=3, then `extra_pieces` (user-defined: always a single
-    token, e.g. <|mask|>=4), then 256 byte-fallback pieces, then learned pieces.
-    Deterministic for a given input and `num_threads=1`; `input_sentence_size > 0` samples that many
-    lines with `seed`.
-    """
-    import sentencepiece as spm
+  Ids: <unk>=0, <s>=1, </s>=2, <pad>=3, then `extra_pieces` (user-defined: always a single
+  token, e.g. <|mask|>=4), then 256 byte-fallback pieces, then learned pieces.
+  Deterministic for a given input and `num_threads=1`; `input_sentence_size > 0` samples that many
+  lines with `seed`.
+  """
+  import sentencepiece as spm
 
-    if model_type not in ("bpe", "unigram"):
-        raise ValueError(f"model_type must be 'bpe' or 'unigram', got {model_type!r}")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory() as tmp:
-        # Validate inputs up front (errors name file:line) into one sentence-per-line file;
-        # SentencePiece is line-oriented, so multi-line jsonl documents are split into lines.
-        corpus = Path(tmp) / "corpus.txt"
-        with open(corpus, "w", encoding="utf-8") as f:
-            n = 0
-            for doc in iter_documents(inputs):
-                for line in doc.splitlines():
-                    if line.strip():
-                        f.write(line + "\n")
-                        n += 1
-        if n == 0:
-            raise ValueError(f"no training text in {list(map(str, inputs))}")
-        spm.set_random_generator_seed(seed)
-        model = io.BytesIO()
-        with open(corpus, encoding="utf-8") as f:
-            # An iterator and an in-memory writer rather than file paths: SentencePiece records
-            # its input paths in the model, which would make the output depend on the temp dir.
-            spm.SentencePieceTrainer.train(
-                sentence_iterator=(line.rstrip("\n") for line in f),
-                model_writer=model,
-                vocab_size=vocab_size,
-                model_type=model_type,
-                unk_id=0,
-                bos_id=1,
-                eos_id=2,
-                pad_id=3,
-                user_defined_symbols=list(extra_pieces),
-                byte_fallback=True,
-                character_coverage=character_coverage,
-                # Lossless and concatenation-friendly: no normalization, no dummy prefix (module docstring).
-                normalization_rule_name="identity",
-                remove_extra_whitespaces=False,
-                add_dummy_prefix=False,
-                split_digits=True,
-                input_sentence_size=input_sentence_size,
-                shuffle_input_sentence=input_sentence_size > 0,
-                num_threads=num_threads,
-                minloglevel=2,
-            )
-        model_file = Path(tmp) / TOKENIZER_MODEL
-        model_file.write_bytes(model.getvalue())
-        SentencePieceTokenizer(model_file).save(out)
-    return SentencePieceTokenizer.from_file(out / TOKENIZER_MODEL)
+  if model_type not in ("bpe", "unigram"):
+    raise ValueError(f"model_type must be 'bpe' or 'unigram', got {model_type!r}")
+  out = Path(out_dir)
+  out.mkdir(parents=True, exist_ok=True)
+  with tempfile.TemporaryDirectory() as tmp:
+    # Validate inputs up front (errors name file:line) into one sentence-per-line file;
+    # SentencePiece is line-oriented, so multi-line jsonl documents are split into lines.
+    corpus = Path(tmp) / "corpus.txt"
+    with open(corpus, "w", encoding="utf-8") as f:
+      n = 0
+      for doc in iter_documents(inputs):
+        for line in doc.splitlines():
+          if line.strip():
+            f.write(line + "\n")
+            n += 1
+    if n == 0:
+      raise ValueError(f"no training text in {list(map(str, inputs))}")
+    spm.set_random_generator_seed(seed)
+    model = io.BytesIO()
+    with open(corpus, encoding="utf-8") as f:
+      # An iterator and an in-memory writer rather than file paths: SentencePiece records
+      # its input paths in the model, which would make the output depend on the temp dir.
+      spm.SentencePieceTrainer.train(
+          sentence_iterator=(line.rstrip("\n") for line in f),
+          model_writer=model,
+          vocab_size=vocab_size,
+          model_type=model_type,
+          unk_id=0,
+          bos_id=1,
+          eos_id=2,
+          pad_id=3,
+          user_defined_symbols=list(extra_pieces),
+          byte_fallback=True,
+          character_coverage=character_coverage,
+          # Lossless and concatenation-friendly: no normalization, no dummy prefix (module docstring).
+          normalization_rule_name="identity",
+          remove_extra_whitespaces=False,
+          add_dummy_prefix=False,
+          split_digits=True,
+          input_sentence_size=input_sentence_size,
+          shuffle_input_sentence=input_sentence_size > 0,
+          num_threads=num_threads,
+          minloglevel=2,
+      )
+    model_file = Path(tmp) / TOKENIZER_MODEL
+    model_file.write_bytes(model.getvalue())
+    SentencePieceTokenizer(model_file).save(out)
+  return SentencePieceTokenizer.from_file(out / TOKENIZER_MODEL)
 
 
 def train_byte_level_bpe(
@@ -470,61 +470,61 @@ def train_byte_level_bpe(
     special_tokens: Sequence[str] = QWEN_SPECIAL_TOKENS,
     min_frequency: int = 2,
 ) -> HuggingFaceTokenizer:
-    """Train a Qwen-style byte-level BPE and save `tokenizer.json` + `tokenizer_config.json` in `out_dir`.
+  """Train a Qwen-style byte-level BPE and save `tokenizer.json` + `tokenizer_config.json` in `out_dir`.
 
-    `vocab_size` counts the special tokens, which (as in Qwen) take the last ids. No post-processor:
-    like Qwen3, encode adds neither BOS nor EOS. eos and pad are <|endoftext|>.
-    """
-    from tokenizers import (
-        Regex,
-        decoders,
-        models,
-        normalizers,
-        pre_tokenizers,
-        trainers,
-    )
-    from tokenizers import Tokenizer as _HFTokenizer
+  `vocab_size` counts the special tokens, which (as in Qwen) take the last ids. No post-processor:
+  like Qwen3, encode adds neither BOS nor EOS. eos and pad are <|endoftext|>.
+  """
+  from tokenizers import (
+      Regex,
+      decoders,
+      models,
+      normalizers,
+      pre_tokenizers,
+      trainers,
+  )
+  from tokenizers import Tokenizer as _HFTokenizer
 
-    tok = _HFTokenizer(models.BPE())
-    tok.normalizer = normalizers.NFC()
-    tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [
-            pre_tokenizers.Split(Regex(QWEN_PAT), behavior="isolated"),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-        ]
-    )
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size - len(special_tokens),
-        min_frequency=min_frequency,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    # Streamed; tokenizers re-raises the iterator's ValueError (file:line) unchanged.
-    n_docs = 0
+  tok = _HFTokenizer(models.BPE())
+  tok.normalizer = normalizers.NFC()
+  tok.pre_tokenizer = pre_tokenizers.Sequence(
+      [
+          pre_tokenizers.Split(Regex(QWEN_PAT), behavior="isolated"),
+          pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+      ]
+  )
+  tok.decoder = decoders.ByteLevel()
+  trainer = trainers.BpeTrainer(
+      vocab_size=vocab_size - len(special_tokens),
+      min_frequency=min_frequency,
+      initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+      show_progress=False,
+  )
+  # Streamed; tokenizers re-raises the iterator's ValueError (file:line) unchanged.
+  n_docs = 0
 
-    def counted():
-        nonlocal n_docs
-        for doc in iter_documents(inputs):
-            n_docs += 1
-            yield doc
+  def counted():
+    nonlocal n_docs
+    for doc in iter_documents(inputs):
+      n_docs += 1
+      yield doc
 
-    tok.train_from_iterator(counted(), trainer=trainer)
-    if n_docs == 0:
-        raise ValueError(f"no training text in {list(map(str, inputs))}")
-    tok.add_special_tokens(list(special_tokens))
+  tok.train_from_iterator(counted(), trainer=trainer)
+  if n_docs == 0:
+    raise ValueError(f"no training text in {list(map(str, inputs))}")
+  tok.add_special_tokens(list(special_tokens))
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    config = {
-        "tokenizer_class": "PreTrainedTokenizerFast",
-        "eos_token": ENDOFTEXT,
-        "pad_token": ENDOFTEXT,
-        "bos_token": None,
-        "unk_token": None,
-        "clean_up_tokenization_spaces": False,
-    }
-    if MASK_TOKEN in special_tokens:
-        config["mask_token"] = MASK_TOKEN
-    HuggingFaceTokenizer(tok, config).save(out)
-    return HuggingFaceTokenizer.from_file(out / TOKENIZER_JSON)
+  out = Path(out_dir)
+  out.mkdir(parents=True, exist_ok=True)
+  config = {
+      "tokenizer_class": "PreTrainedTokenizerFast",
+      "eos_token": ENDOFTEXT,
+      "pad_token": ENDOFTEXT,
+      "bos_token": None,
+      "unk_token": None,
+      "clean_up_tokenization_spaces": False,
+  }
+  if MASK_TOKEN in special_tokens:
+    config["mask_token"] = MASK_TOKEN
+  HuggingFaceTokenizer(tok, config).save(out)
+  return HuggingFaceTokenizer.from_file(out / TOKENIZER_JSON)

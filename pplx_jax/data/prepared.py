@@ -31,6 +31,8 @@ import types
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
+import numpy as np
+
 log = logging.getLogger(__name__)
 
 VERSION = "1.0.0"
@@ -169,3 +171,17 @@ def split_sizes(dataset_dir: str | os.PathLike) -> dict[str, int]:
 
   builder = tfds.builder_from_directory(os.fspath(resolve_dataset_dir(dataset_dir)))
   return {name: info.num_examples for name, info in builder.info.splits.items()}
+
+
+def read_records(source, indices: Sequence[int]) -> list:
+  """Records `indices` of a data source in one batched read where the source has one (a TFDS ArrayRecord source
+  serves a batch far faster than single records: ~40 us vs ~1 ms each)."""
+  getitems = getattr(source, "__getitems__", None)
+  return list(getitems(list(indices))) if getitems is not None else [source[i] for i in indices]
+
+
+def as_text(value) -> str:
+  """A text feature as TFDS returns it (bytes, or a 0-d array of bytes), or an in-memory str, as str."""
+  if isinstance(value, np.ndarray) and value.ndim == 0:
+    value = value.item()
+  return value.decode("utf-8") if isinstance(value, bytes) else str(value)

@@ -134,14 +134,14 @@ def _dims(plan: Plan) -> list[int | None]:
 
 
 def _eval_sets(plan: Plan):
-  from pplx_jax.stages.contextual import evalset as ctx_data
+  from pplx_jax.stages.contextual import evalset as ctx_evalset
   from pplx_jax.stages.contrastive import evalset as pair_evalset
   ev = plan.cfg.eval
   retrieval_set = pair_evalset.load_retrieval_set(str(ev.data), str(ev.split), max_queries=_positive(ev.max_queries),
-                                          max_docs=_positive(ev.max_docs))
+                                                  max_docs=_positive(ev.max_docs))
   contextual_set = None
   if ev.contextual_data:
-    contextual_set = ctx_data.load_retrieval_set(str(ev.contextual_data), str(ev.split),
+    contextual_set = ctx_evalset.load_retrieval_set(str(ev.contextual_data), str(ev.split),
                                                  max_docs=_positive(ev.contextual_max_docs))
   return retrieval_set, contextual_set
 
@@ -164,7 +164,7 @@ def evaluate_model(plan: Plan, name: str, sets) -> dict:
                            int(ev.batch_size))
     for dt in ev.dtypes:
       out["retrieval"].update(eval_metrics.retrieval_scores(emb[:len(queries)], emb[len(queries):], qrels,
-                                                         tuple(ev.ks), str(dt), _dims(plan)))
+                                                            tuple(ev.ks), str(dt), _dims(plan)))
     if ctx is not None and plan.pooling(name) == "mean":
       cq, cdocs, cqrels = ctx
       out["contextual"] = contextual.evaluate_with_model(
@@ -184,7 +184,7 @@ def evaluate_baselines(plan: Plan, sets) -> dict:
 
   def bm25(qs, texts, relevant, prefix):
     ranks = eval_metrics.relevant_ranks(baselines.bm25_scores(qs, texts), eval_metrics.as_relevant(relevant, len(qs),
-                                                                                             len(texts)))
+                                                                                                   len(texts)))
     return {f"{prefix}bm25/full/{k}": v for k, v in eval_metrics.metrics_from_ranks(ranks, ks).items()}
 
   def dense(emb, n, relevant, prefix):

@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from pplx_jax.data import prepared
 from pplx_jax.data.loader import CheckpointableIterator, process_rows, shard_spec
-from pplx_jax.stages.contextual.evalset import _read, record
 
 # ---------------------------------------------------------------- host helpers
 
@@ -57,6 +57,16 @@ log = logging.getLogger(__name__)
 
 # ---------------------------------------------------------------------------------------------
 # Training batches
+
+
+def decode_document(raw) -> dict:
+  """A prepared-dataset record (bytes and arrays) or an in-memory record -> {"doc_id", "chunks", "queries"}."""
+  if "queries" in raw:
+    return {"doc_id": prepared.as_text(raw["doc_id"]), "chunks": [prepared.as_text(c) for c in raw["chunks"]],
+            "queries": [{"text": prepared.as_text(q["text"]), "chunk": int(q["chunk"])} for q in raw["queries"]]}
+  texts, chunks = list(raw["query_text"]), np.asarray(raw["query_chunk"]).tolist()
+  return {"doc_id": prepared.as_text(raw["doc_id"]), "chunks": [prepared.as_text(c) for c in raw["chunks"]],
+          "queries": [{"text": prepared.as_text(t), "chunk": int(c)} for t, c in zip(texts, chunks)]}
 
 
 def layout_document(chunk_ids: Sequence[Sequence[int]], gold: int, sep_id: int, max_chunks: int, chunk_len: int
@@ -104,8 +114,8 @@ class _Collate:
     for p, (ds, _, _) in enumerate(items):
       by_ds.setdefault(ds, []).append(p)
     for ds, positions in by_ds.items():
-      for p, raw in zip(positions, _read(self._sources[ds], [items[p][1] for p in positions])):
-        recs[p] = record(raw)
+      for p, raw in zip(positions, prepared.read_records(self._sources[ds], [items[p][1] for p in positions])):
+        recs[p] = decode_document(raw)
     b, pad = len(items), self._tok.pad_id
     out = {"q_ids": np.full((b, self._q_len), pad, np.int32), "q_mask": np.zeros((b, self._q_len), np.int32),
            "c_ids": np.full((b, self._doc_len), pad, np.int32), "c_mask": np.zeros((b, self._doc_len), np.int32),

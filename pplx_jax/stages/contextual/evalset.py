@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from pplx_jax.data import prepared
+from pplx_jax.stages.contextual.data import decode_document
 from pplx_jax.stages.contextual.prepare import iter_contextual_records
 
 log = logging.getLogger(__name__)
@@ -25,27 +26,6 @@ log = logging.getLogger(__name__)
 # Reading prepared datasets and files
 
 
-def _text(v) -> str:
-  if isinstance(v, np.ndarray) and v.ndim == 0:
-    v = v.item()
-  return v.decode("utf-8") if isinstance(v, bytes) else str(v)
-
-
-def record(raw) -> dict:
-  """A prepared-dataset record (bytes and arrays) or an in-memory record -> {"doc_id", "chunks", "queries"}."""
-  if "queries" in raw:
-    return {"doc_id": _text(raw["doc_id"]), "chunks": [_text(c) for c in raw["chunks"]],
-            "queries": [{"text": _text(q["text"]), "chunk": int(q["chunk"])} for q in raw["queries"]]}
-  texts, chunks = list(raw["query_text"]), np.asarray(raw["query_chunk"]).tolist()
-  return {"doc_id": _text(raw["doc_id"]), "chunks": [_text(c) for c in raw["chunks"]],
-          "queries": [{"text": _text(t), "chunk": int(c)} for t, c in zip(texts, chunks)]}
-
-
-def _read(source, indices: list[int]) -> list:
-  getitems = getattr(source, "__getitems__", None)
-  return list(getitems(indices)) if getitems is not None else [source[i] for i in indices]
-
-
 def read_documents(path, split: str = "validation", require_queries: bool = False) -> list[dict]:
   """All documents of a prepared dataset's `split`, or of JSONL/Parquet file(s) (then `split` is ignored; a document
   without queries is accepted as a distractor unless `require_queries`)."""
@@ -53,7 +33,7 @@ def read_documents(path, split: str = "validation", require_queries: bool = Fals
     source = prepared.load_split(path, split)
     out = []
     for s in range(0, len(source), 1024):
-      out.extend(record(r) for r in _read(source, list(range(s, min(len(source), s + 1024)))))
+      out.extend(decode_document(r) for r in prepared.read_records(source, list(range(s, min(len(source), s + 1024)))))
     return out
   return [rec for _, _, rec in iter_contextual_records(path, require_queries=require_queries)]
 

@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 
 from pplx_jax.data import prepared
-from pplx_jax.data import records as text_lib
+from pplx_jax.data import records as records_lib
 from pplx_jax.data.records import DataError
 from pplx_jax.data.sources import wordnet
 
@@ -121,12 +121,12 @@ def validate(obj, path, line: int, require_queries: bool = True) -> dict | DataE
 
 
 def _jsonl_records(path: Path, require_queries: bool) -> Iterator[tuple[int, dict | DataError]]:
-  for line_no, obj in text_lib.jsonl_objects(path):
+  for line_no, obj in records_lib.jsonl_objects(path):
     yield line_no, obj if isinstance(obj, DataError) else validate(obj, path, line_no, require_queries)
 
 
 def _parquet_records(path: Path, require_queries: bool) -> Iterator[tuple[int, dict | DataError]]:
-  for row, obj in text_lib.parquet_rows(path, ("doc_id", "chunks", "queries"), ("doc_id", "chunks"), 4096):
+  for row, obj in records_lib.parquet_rows(path, ("doc_id", "chunks", "queries"), ("doc_id", "chunks"), 4096):
     yield row, validate(obj, path, row, require_queries)
 
 
@@ -134,18 +134,18 @@ def iter_contextual_records(inputs, on_error: str = "raise", stats: dict | None 
                             require_queries: bool = True) -> Iterator[tuple[str, int, dict]]:
   """Yield ``(file, line, {"doc_id", "chunks", "queries"})`` for every good record, in order (line: 1-based for
   JSONL, the 0-based row for parquet). ``stats`` (updated in place) counts ``records`` and each skipped reason."""
-  if on_error not in text_lib.ON_ERROR:
-    raise ValueError(f"on_error must be one of {text_lib.ON_ERROR}, got {on_error!r}")
+  if on_error not in records_lib.ON_ERROR:
+    raise ValueError(f"on_error must be one of {records_lib.ON_ERROR}, got {on_error!r}")
   stats = {} if stats is None else stats
   stats.setdefault("records", 0)
-  for path in text_lib.expand_inputs(inputs):
-    fmt = text_lib.file_format(path)
+  for path in records_lib.expand_inputs(inputs):
+    fmt = records_lib.file_format(path)
     if fmt not in ("jsonl", "parquet"):
       raise DataError(path, None, "unsupported_format", "contextual documents are read from .jsonl or .parquet files")
     reader = _jsonl_records if fmt == "jsonl" else _parquet_records
     for line_no, rec in reader(path, require_queries):
       if isinstance(rec, DataError):
-        text_lib.skip_or_raise(rec, on_error, stats, log_skipped)
+        records_lib.skip_or_raise(rec, on_error, stats, log_skipped)
         continue
       stats["records"] += 1
       yield str(path), line_no, rec
@@ -183,8 +183,8 @@ def _check(name: str, validation_fraction: float, on_error: str = "raise") -> No
     raise ValueError(f"dataset name {name!r} is not valid: use lowercase letters, digits and '_'")
   if not 0.0 <= validation_fraction < 1.0:
     raise ValueError(f"validation_fraction must be in [0, 1), got {validation_fraction}")
-  if on_error not in text_lib.ON_ERROR:
-    raise ValueError(f"on_error must be one of {text_lib.ON_ERROR}, got {on_error!r}")
+  if on_error not in records_lib.ON_ERROR:
+    raise ValueError(f"on_error must be one of {records_lib.ON_ERROR}, got {on_error!r}")
 
 
 def _split(rec: dict, validation_fraction: float, seed: int) -> str:
@@ -200,7 +200,7 @@ def prepare_contextual(inputs, out_dir, name: str = "contextual", validation_fra
   same parameters again reuses the dataset, different ones into the same place is an error.
   """
   _check(name, validation_fraction, on_error)
-  files = text_lib.expand_inputs(inputs)
+  files = records_lib.expand_inputs(inputs)
   params = {"kind": "contextual", "inputs": [{"path": str(f.resolve()), "bytes": f.stat().st_size} for f in files],
             "validation_fraction": validation_fraction, "seed": seed, "on_error": on_error}
   existing = prepared.existing_dataset(name, out_dir, params)

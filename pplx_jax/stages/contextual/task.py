@@ -124,7 +124,7 @@ class ContextualTask:
     multiple = 1 if mesh is None or mesh.empty else jax.device_count()
     dims = tuple(None if int(x) <= 0 else int(x) for x in ev.dims)
     out = contextual_eval.evaluate_with_model(model_fn(), self.tokenizer, queries, docs, qrels, tuple(ev.dtypes), dims,
-                                         tuple(ev.ks), max_length=self.doc_len, multiple=multiple)
+                                              tuple(ev.ks), max_length=self.doc_len, multiple=multiple)
     return {f"eval/{k}": float(v) for k, v in out.items()}
 
   def eval_set(self):

@@ -14,8 +14,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from pplx_jax.data import prepared
 from pplx_jax.data.loader import CheckpointableIterator, process_rows, shard_spec
-from pplx_jax.stages.contrastive.evalset import _read, _record
 from pplx_jax.stages.contrastive.prepare import KINDS
 
 log = logging.getLogger(__name__)
@@ -25,6 +25,15 @@ log = logging.getLogger(__name__)
 # Training batches
 
 STATE_FORMAT = "pplx_jax.pair_pipeline/1"
+
+
+def decode_pair(raw) -> dict:
+  """A prepared-dataset record (bytes fields) or an in-memory dict -> {"query", "positive"[, "negatives"]}."""
+  rec = {"query": prepared.as_text(raw["query"]), "positive": prepared.as_text(raw["positive"])}
+  negs = raw.get("negatives") if isinstance(raw, Mapping) else None
+  if negs is not None:
+    rec["negatives"] = [prepared.as_text(n) for n in (negs.tolist() if isinstance(negs, np.ndarray) else negs)]
+  return rec
 
 
 class _Tag:
@@ -64,9 +73,9 @@ class _Collate:
     for pos, (ds, _) in enumerate(items):
       by_dataset.setdefault(ds, []).append(pos)
     for ds, positions in by_dataset.items():
-      raws = _read(self._sources[ds], [items[p][1] for p in positions])
+      raws = prepared.read_records(self._sources[ds], [items[p][1] for p in positions])
       for p, raw in zip(positions, raws):
-        records[p] = _record(raw)
+        records[p] = decode_pair(raw)
     q_len, d_len, n_len = self._lens
     pad = self._tok.pad_id
     q_ids, q_mask = _pad(self._tok.encode_batch([r["query"] for r in records]), q_len, pad)

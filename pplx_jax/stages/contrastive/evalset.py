@@ -18,8 +18,9 @@ from typing import Any
 import numpy as np
 
 from pplx_jax.data import prepared
-from pplx_jax.data import records as text_lib
+from pplx_jax.data import records as records_lib
 from pplx_jax.data.sources import wordnet
+from pplx_jax.stages.contrastive.data import decode_pair
 from pplx_jax.stages.contrastive.prepare import SPLITS, iter_pair_records, wordnet_pairs
 
 log = logging.getLogger(__name__)
@@ -27,26 +28,6 @@ log = logging.getLogger(__name__)
 
 # ---------------------------------------------------------------------------------------------
 # Reading prepared datasets
-
-
-def _text(v) -> str:
-  if isinstance(v, np.ndarray) and v.ndim == 0:
-    v = v.item()
-  return v.decode("utf-8") if isinstance(v, bytes) else str(v)
-
-
-def _record(raw) -> dict:
-  """A prepared-dataset record (bytes fields) or an in-memory dict -> {"query", "positive"[, "negatives"]}."""
-  rec = {"query": _text(raw["query"]), "positive": _text(raw["positive"])}
-  negs = raw.get("negatives") if isinstance(raw, Mapping) else None
-  if negs is not None:
-    rec["negatives"] = [_text(n) for n in (negs.tolist() if isinstance(negs, np.ndarray) else negs)]
-  return rec
-
-
-def _read(source, indices: list[int]) -> list:
-  getitems = getattr(source, "__getitems__", None)
-  return list(getitems(indices)) if getitems is not None else [source[i] for i in indices]
 
 
 def read_pairs(path: str | os.PathLike | Sequence[str | os.PathLike], split: str = "validation",
@@ -57,23 +38,23 @@ def read_pairs(path: str | os.PathLike | Sequence[str | os.PathLike], split: str
     source = prepared.load_split(path, split)
     out = []
     for s in range(0, len(source), 1024):
-      out.extend(_record(r) for r in _read(source, list(range(s, min(len(source), s + 1024)))))
+      out.extend(decode_pair(r) for r in prepared.read_records(source, list(range(s, min(len(source), s + 1024)))))
     return out
   if kind is None:
-    first = next(_first_raw(text_lib.expand_inputs(path)), None)
+    first = next(_first_raw(records_lib.expand_inputs(path)), None)
     kind = "triplet" if isinstance(first, Mapping) and first.get("negatives") is not None else "pair"
   return [rec for _, _, rec in iter_pair_records(path, kind)]
 
 
 def _first_raw(files: Sequence[Path]) -> Iterator[Any]:
   for path in files:
-    if text_lib.file_format(path) == "parquet":
+    if records_lib.file_format(path) == "parquet":
       import pyarrow.parquet as pq
       for batch in pq.ParquetFile(path).iter_batches(batch_size=1):
         yield batch.to_pylist()[0]
         return
     else:
-      with text_lib.open_binary(path) as f:
+      with records_lib.open_binary(path) as f:
         for raw in f:
           if raw.strip():
             try:
@@ -175,8 +156,8 @@ def pairs_retrieval_set(path: str | os.PathLike, split: str = "validation", max_
 
 
 def load_retrieval_set(data: str, split: str = "validation", *, max_queries: int | None = None,
-                  max_docs: int | None = None, sample_seed: int = 0, validation_fraction: float = 0.05,
-                  seed: int = 0, kinds: Sequence[str] = ("lemma", "example")):
+                       max_docs: int | None = None, sample_seed: int = 0, validation_fraction: float = 0.05,
+                       seed: int = 0, kinds: Sequence[str] = ("lemma", "example")):
   """(queries, docs, qrels) of ``--data``: "wordnet", a prepared pairs dataset, or a pairs file."""
   if data == "wordnet":
     return wordnet_retrieval_set(split, max_queries, max_docs=max_docs, sample_seed=sample_seed,

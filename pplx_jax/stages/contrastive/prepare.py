@@ -43,10 +43,9 @@ from typing import Any
 import numpy as np
 
 from pplx_jax.data import prepared
-from pplx_jax.data import records as text_lib
+from pplx_jax.data import records as records_lib
 from pplx_jax.data.records import DataError
 from pplx_jax.data.sources import wordnet
-from pplx_jax.stages.contrastive import prepare as pair_prepare
 
 
 def triplet_records(validation_fraction: float = 0.05, seed: int = 0, num_negatives: int = 3,
@@ -89,8 +88,8 @@ def prepare_wordnet_triplets(out_dir, validation_fraction: float = 0.05, seed: i
       for r in triplet_records(validation_fraction, seed, num_negatives, limit):
         f.write(json.dumps(r) + "\n")
     # The synset split above already holds out evaluation synsets; this split only carves a small in-domain check.
-    return pair_prepare.prepare_pairs([str(path)], out_dir, kind="triplet", name="wordnet_triplets",
-                               validation_fraction=0.01, seed=seed)
+    return prepare_pairs([str(path)], out_dir, kind="triplet", name="wordnet_triplets",
+                                      validation_fraction=0.01, seed=seed)
 
 log = logging.getLogger(__name__)
 
@@ -171,13 +170,13 @@ def _validate(obj, kind: str, fields: tuple[str, str, str], path, line: int) -> 
 
 
 def _jsonl_records(path: Path, kind: str, fields) -> Iterator[tuple[int, dict | DataError]]:
-  for line_no, obj in text_lib.jsonl_objects(path):
+  for line_no, obj in records_lib.jsonl_objects(path):
     yield line_no, obj if isinstance(obj, DataError) else _validate(obj, kind, fields, path, line_no)
 
 
 def _parquet_records(path: Path, kind: str, fields) -> Iterator[tuple[int, dict | DataError]]:
   wanted = list(fields if kind == "triplet" else fields[:2])
-  for row, obj in text_lib.parquet_rows(path, wanted, wanted):
+  for row, obj in records_lib.parquet_rows(path, wanted, wanted):
     yield row, _validate(obj, kind, fields, path, row)
 
 
@@ -198,14 +197,14 @@ def iter_pair_records(
   """
   if kind not in KINDS:
     raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
-  if on_error not in text_lib.ON_ERROR:
-    raise ValueError(f"on_error must be one of {text_lib.ON_ERROR}, got {on_error!r}")
+  if on_error not in records_lib.ON_ERROR:
+    raise ValueError(f"on_error must be one of {records_lib.ON_ERROR}, got {on_error!r}")
   stats = {} if stats is None else stats
   stats.setdefault("records", 0)
   fields = (query_field, positive_field, negatives_field)
-  files = text_lib.expand_inputs(inputs)
+  files = records_lib.expand_inputs(inputs)
   for path in files:
-    fmt = text_lib.file_format(path)
+    fmt = records_lib.file_format(path)
     if fmt == "jsonl":
       reader = _jsonl_records
     elif fmt == "parquet":
@@ -215,7 +214,7 @@ def iter_pair_records(
                       "pairs and triplets are read from .jsonl or .parquet files (optionally .gz)")
     for line_no, rec in reader(path, kind, fields):
       if isinstance(rec, DataError):
-        text_lib.skip_or_raise(rec, on_error, stats, log_skipped)
+        records_lib.skip_or_raise(rec, on_error, stats, log_skipped)
         continue
       stats["records"] += 1
       yield str(path), line_no, rec
@@ -278,9 +277,9 @@ def prepare_pairs(
   """
   name = name or {"pair": "pairs", "triplet": "triplets"}.get(kind, "pairs")
   _check_args(name, validation_fraction, kind)
-  if on_error not in text_lib.ON_ERROR:
-    raise ValueError(f"on_error must be one of {text_lib.ON_ERROR}, got {on_error!r}")
-  files = text_lib.expand_inputs(inputs)
+  if on_error not in records_lib.ON_ERROR:
+    raise ValueError(f"on_error must be one of {records_lib.ON_ERROR}, got {on_error!r}")
+  files = records_lib.expand_inputs(inputs)
   fields = {"query_field": query_field, "positive_field": positive_field, "negatives_field": negatives_field}
   params = {
       "kind": kind,

@@ -117,8 +117,8 @@ class ContrastiveTask:
     return self.objective(self._embed_towers(model, batch), batch)
 
   def _gradcache_loss_and_grad(self, graphdef, params, batch, rng):
-    return gradcache.loss_and_grad(graphdef, params, batch, self.objective, self.chunks, gradcache.TOWERS, self.quantize,
-                                   pooling=self.pooling)
+    return gradcache.loss_and_grad(graphdef, params, batch, self.objective, self.chunks, gradcache.TOWERS,
+                                   self.quantize, pooling=self.pooling)
 
   def tokens_per_step(self, global_batch: int) -> int:
     d = self.cfg.data

@@ -27,6 +27,7 @@ from typing import Any
 import grain
 import numpy as np
 
+from pplx_jax.data import prepared
 from pplx_jax.data.loader import CheckpointableIterator, absl_flags_parsed, close_iterator, shard_spec
 
 STATE_FORMAT = "pplx_jax.pretrain_pipeline/1"
@@ -57,13 +58,9 @@ class _ReadAndTokenize:
     self._tokenizer = tokenizer
     self._eos = tokenizer.eos_id if add_eos else None
 
-  def _read(self, indices: list[int]):
-    getitems = getattr(self._source, "__getitems__", None)
-    return getitems(indices) if getitems is not None else [self._source[i] for i in indices]
-
   def __call__(self, indices) -> list[dict]:
     out = []
-    for record in self._read([int(i) for i in indices]):
+    for record in prepared.read_records(self._source, [int(i) for i in indices]):
       ids = self._tokenizer.encode_plain(_document_text(record))
       if self._eos is not None:
         ids.append(self._eos)

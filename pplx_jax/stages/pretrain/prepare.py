@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pplx_jax.data import records as text_lib
+from pplx_jax.data import records as records_lib
 from pplx_jax.data.prepared import (
   SPLITS,
   _check_fraction,
@@ -61,9 +61,9 @@ def prepare_text_dataset(
   """
   _check_name(name)
   _check_fraction(validation_fraction)
-  if on_error not in text_lib.ON_ERROR:
-    raise ValueError(f"on_error must be one of {text_lib.ON_ERROR}, got {on_error!r}")
-  files = text_lib.expand_inputs(inputs)
+  if on_error not in records_lib.ON_ERROR:
+    raise ValueError(f"on_error must be one of {records_lib.ON_ERROR}, got {on_error!r}")
+  files = records_lib.expand_inputs(inputs)
   params = {
       "kind": "text",
       "inputs": [{"path": str(f.resolve()), "bytes": f.stat().st_size} for f in files],
@@ -80,16 +80,16 @@ def prepare_text_dataset(
   t0 = time.perf_counter()
   stats: dict = {}
   split_counts = dict.fromkeys(SPLITS, 0)
-  for _, _, text in text_lib.iter_text_records(files, field=field, on_error=on_error, stats=stats):
+  for _, _, text in records_lib.iter_text_records(files, field=field, on_error=on_error, stats=stats):
     split_counts[text_split(text, validation_fraction, seed)] += 1
-  skipped = text_lib.skipped(stats)
+  skipped = records_lib.skipped(stats)
   log.info("%s: %d good records (%s), skipped %s, checked in %.1f s", name, stats.get("records", 0),
            split_counts, skipped or "none", time.perf_counter() - t0)
   index = {str(f): i for i, f in enumerate(files)}
 
   def examples(split: str):
     # Pass 2 sees the records pass 1 accepted (skips were logged and counted there).
-    for source, line, text in text_lib.iter_text_records(files, field=field, on_error=on_error, log_skipped=False):
+    for source, line, text in records_lib.iter_text_records(files, field=field, on_error=on_error, log_skipped=False):
       if text_split(text, validation_fraction, seed) == split:
         yield f"{index[source]}:{line}", {"text": text, "source": source, "line": line}
 
