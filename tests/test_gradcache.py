@@ -96,7 +96,8 @@ def test_embed_towers_groups_rows_by_query():
   embs = jax.jit(lambda b: gradcache.embed_towers(encoder, b, quantize="none"))(batch)
   assert sorted(calls) == [(8, 6), (8 * (1 + K), 8)]  # queries alone; documents + hard negatives together
   for tower, lead in (("q", (8,)), ("d", (8,)), ("h", (8, K))):
-    ids, mask = batch[f"{tower}_ids"], batch[f"{tower}_mask"].astype(np.float32)
+    ids_key, mask_key = gradcache.TOWERS[tower]
+    ids, mask = batch[ids_key], batch[mask_key].astype(np.float32)
     ref = (table[ids] * mask[..., None]).sum(-2) / mask.sum(-1, keepdims=True)
     assert embs[tower].shape == lead + (4,)
     np.testing.assert_allclose(np.asarray(embs[tower]), ref, rtol=1e-5, atol=1e-6)

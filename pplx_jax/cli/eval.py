@@ -80,7 +80,8 @@ def run_contextual_eval(args: argparse.Namespace) -> int:
 def run(args: argparse.Namespace) -> int:
   if args.contextual:
     return run_contextual_eval(args)
-  from pplx_jax.eval.metrics import dim_label, evaluate_model, format_table, normalise_dims
+  from pplx_jax.eval.metrics import dim_label, format_table, normalise_dims
+  from pplx_jax.eval.retrieval import evaluate_model
   from pplx_jax.stages.contrastive import evalset as pair_evalset
 
   t0 = time.perf_counter()

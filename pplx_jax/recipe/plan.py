@@ -19,7 +19,7 @@ import ml_collections
 from pplx_jax.core import config as config_lib
 from pplx_jax.core.config import ConfigError
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]  # the checkout: configs/ beside pplx_jax/
 DONE = "pipeline_done.json"
 
 
