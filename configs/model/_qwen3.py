@@ -1,10 +1,15 @@
-"""Shared Qwen3 architecture fields; each size file overrides what differs."""
+"""Shared Qwen3 architecture fields; each size file overrides what differs. Every `ModelConfig` field is in the
+dict (the family switches at their Qwen3 defaults), so any of them can be overridden from the command line."""
+
+import dataclasses
 
 import ml_collections
 
+from pplx_jax.core.model_config import ModelConfig
+
 
 def qwen3(**overrides) -> ml_collections.ConfigDict:
-  cfg = ml_collections.ConfigDict(dict(
+  return model_fields(dict(
       vocab_size=151_936,
       hidden_size=1024,
       num_layers=28,
@@ -23,7 +28,13 @@ def qwen3(**overrides) -> ml_collections.ConfigDict:
       remat="full",
       scan_layers=True,
       max_position_embeddings=40_960,
-  ))
+  ), **overrides)
+
+
+def model_fields(base: dict, **overrides) -> ml_collections.ConfigDict:
+  """`base` completed with every other ModelConfig field's default, then `overrides` (unknown keys fail)."""
+  cfg = ml_collections.ConfigDict({**{f.name: f.default for f in dataclasses.fields(ModelConfig)
+                                      if f.default is not dataclasses.MISSING}, **base})
   for k, v in overrides.items():
     if k not in cfg:
       raise KeyError(f"unknown model field {k!r}")

@@ -18,7 +18,6 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 from pplx_jax.convert import hf
-from pplx_jax.convert import load as load_lib
 from pplx_jax.core import checkpoint as ckpt
 from pplx_jax.core.checkpoint import CheckpointError, read_model_config, resolve
 from pplx_jax.core.model_config import ModelConfig
@@ -48,9 +47,7 @@ def load_model(path: str | os.PathLike, mesh=None, rules=None, **config_override
   """(model, model_cfg, tokenizer_dir) from any model path `resolve` accepts."""
   src = resolve(path)
   if src.kind == "hf":
-    from pplx_jax.convert import hf
-    cfg = hf.model_config_from_hf(hf.read_hf_config(src.path), source=str(src.path / "config.json"),
-                                  **config_overrides)
+    cfg = hf.folder_model_config(src.path, **config_overrides)
     tensors, _ = hf.read_safetensors(src.path)
     params = hf.params_from_hf(tensors, cfg, source=str(src.path))
     return encoder.model_from_params(cfg, params, mesh, rules), cfg, src.tokenizer_dir
@@ -65,10 +62,10 @@ def source_params(src: str | os.PathLike) -> tuple[dict[str, Any], Any, Path | N
   """(numpy params, model config, tokenizer dir, extra metadata) from any model path."""
   source = ckpt.resolve(src)
   if source.kind == "hf":
-    cfg = hf.model_config_from_hf(hf.read_hf_config(source.path), source=str(source.path / "config.json"))
+    cfg = hf.folder_model_config(source.path)
     tensors, dtype = hf.read_safetensors(source.path)
     params = hf.params_from_hf(tensors, cfg, source=str(source.path))
     return params, cfg, source.tokenizer_dir, {"source": str(source.path), "source_dtype": dtype}
   cfg, extra = ckpt.read_model_config(source.path)
-  params = ckpt.params_to_numpy(load_lib.restore_params(source.path, cfg))
+  params = ckpt.params_to_numpy(restore_params(source.path, cfg))
   return params, cfg, source.tokenizer_dir, extra

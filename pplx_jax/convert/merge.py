@@ -36,6 +36,7 @@ import numpy as np
 
 from pplx_jax.convert.load import source_params
 from pplx_jax.core import checkpoint as ckpt
+from pplx_jax.core import model_config
 from pplx_jax.core.checkpoint import CheckpointError
 from pplx_jax.core.paths import staged_output
 
@@ -47,8 +48,7 @@ _CHUNK = 1 << 22  # elements per float64 partial sum (bounds the temporary memor
 
 # Fields that change what the weights mean; the others (dtypes, remat, attention kernel, scan, max positions)
 # are runtime choices and are taken from A.
-ARCHITECTURE_FIELDS = ("vocab_size", "hidden_size", "num_layers", "num_heads", "num_kv_heads", "head_dim",
-                       "mlp_dim", "rope_theta", "rms_norm_eps", "tie_embeddings", "attention")
+ARCHITECTURE_FIELDS = model_config.ARCHITECTURE_FIELDS + ("attention",)
 
 
 class MergeError(CheckpointError):

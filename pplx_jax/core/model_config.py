@@ -2,6 +2,16 @@
 
 The ConfigDict in `configs/model/*.py` is the source of truth; this dataclass is what the model code reads, so
 that jit can treat it as static and a typo'd field fails here rather than deep inside a trace.
+
+One model definition serves three decoder families; they differ only by these switches (defaults are Qwen3's):
+
+    family    qk_norm  qkv_bias  o_bias  rope_type           as in transformers
+    qwen3     yes      no        no      default             Qwen3Model
+    llama     no       no        no*     default | llama3    LlamaModel (SmolLM2, Llama 3.x; *attention_bias)
+    qwen2     no       yes       no      default             Qwen2Model (Qwen2 / Qwen2.5)
+
+`family` names the Hugging Face architecture an export is written as. `lm_head=False` is an encoder-only model
+(untied, no output head: how embedding models are shared); it embeds, but has no logits.
 """
 
 from __future__ import annotations
@@ -13,6 +23,14 @@ ATTENTION_KINDS = ("bidirectional", "causal")
 ATTENTION_IMPLS = ("auto", "xla", "cudnn", "splash")
 REMAT_POLICIES = ("none", "full", "dots", "dots_with_no_batch_dims", "save_attention_out")
 DTYPES = ("float32", "bfloat16", "float16")
+FAMILIES = ("qwen3", "llama", "qwen2")
+# The fields that change the function a checkpoint computes or the parameters it holds: a checkpoint can only be
+# loaded into a config that agrees on all of them (the others are how to run it: attention kind, dtypes, remat).
+ARCHITECTURE_FIELDS = ("vocab_size", "hidden_size", "num_layers", "num_heads", "num_kv_heads", "head_dim", "mlp_dim",
+                       "rope_theta", "rms_norm_eps", "tie_embeddings", "lm_head", "family", "qk_norm", "qkv_bias",
+                       "o_bias", "rope_type", "rope_factor", "rope_low_freq_factor", "rope_high_freq_factor",
+                       "rope_original_max_positions")
+ROPE_TYPES = ("default", "linear", "llama3")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,6 +52,18 @@ class ModelConfig:
   remat: str = "full"
   scan_layers: bool = True
   max_position_embeddings: int = 40_960
+  family: str = "qwen3"
+  qk_norm: bool = True
+  qkv_bias: bool = False
+  o_bias: bool = False
+  lm_head: bool = True
+  # RoPE frequency scaling (transformers' rope_parameters): "linear" divides every frequency by rope_factor; "llama3"
+  # divides the low ones and interpolates the middle band (rope_low/high_freq_factor, rope_original_max_positions).
+  rope_type: str = "default"
+  rope_factor: float = 1.0
+  rope_low_freq_factor: float = 1.0
+  rope_high_freq_factor: float = 4.0
+  rope_original_max_positions: int = 8192
 
   def __post_init__(self):
     problems = []
@@ -46,9 +76,18 @@ class ModelConfig:
     if self.head_dim % 2:
       problems.append(f"model.head_dim={self.head_dim} must be even for rotary embeddings")
     for name, allowed in (("attention", ATTENTION_KINDS), ("attention_impl", ATTENTION_IMPLS), ("remat", REMAT_POLICIES),
-                          ("param_dtype", DTYPES), ("compute_dtype", DTYPES)):
+                          ("param_dtype", DTYPES), ("compute_dtype", DTYPES), ("family", FAMILIES),
+                          ("rope_type", ROPE_TYPES)):
       if getattr(self, name) not in allowed:
         problems.append(f"model.{name}={getattr(self, name)!r} is not one of {allowed}")
+    if not self.lm_head and self.tie_embeddings:
+      problems.append("model.lm_head=False (encoder-only) needs model.tie_embeddings=False: a tied head is the "
+                      "embedding table, so it always exists")
+    if self.rope_type != "default" and self.rope_factor <= 0:
+      problems.append(f"model.rope_factor={self.rope_factor} must be positive for rope_type={self.rope_type!r}")
+    if self.rope_type == "llama3" and self.rope_high_freq_factor <= self.rope_low_freq_factor:
+      problems.append(f"model.rope_high_freq_factor={self.rope_high_freq_factor} must exceed "
+                      f"model.rope_low_freq_factor={self.rope_low_freq_factor} (llama3 rope scaling)")
     if problems:
       raise ValueError("invalid model config:\n  " + "\n  ".join(problems))
 
@@ -71,14 +110,22 @@ class ModelConfig:
   def causal(self) -> bool:
     return self.attention == "causal"
 
+  @property
+  def has_untied_head(self) -> bool:
+    """A separate [hidden, vocab] output matrix exists (untied and not encoder-only)."""
+    return not self.tie_embeddings and self.lm_head
+
   def num_params(self, include_embeddings: bool = True) -> int:
     """Parameter count from the shapes alone (what the published model sizes count)."""
     d, h, kv, hd, f = self.hidden_size, self.num_heads, self.num_kv_heads, self.head_dim, self.mlp_dim
-    attn = d * h * hd + 2 * d * kv * hd + h * hd * d + 2 * hd  # q, k, v, o, q_norm, k_norm
+    attn = d * h * hd + 2 * d * kv * hd + h * hd * d  # q, k, v, o
+    attn += 2 * hd if self.qk_norm else 0
+    attn += (h + 2 * kv) * hd if self.qkv_bias else 0
+    attn += d if self.o_bias else 0
     mlp = 3 * d * f
     per_layer = attn + mlp + 2 * d  # two RMSNorms
     body = self.num_layers * per_layer + d  # final norm
     if not include_embeddings:
       return body
-    emb = self.vocab_size * d * (1 if self.tie_embeddings else 2)
+    emb = self.vocab_size * d * (2 if self.has_untied_head else 1)
     return body + emb

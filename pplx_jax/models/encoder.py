@@ -1,9 +1,10 @@
-"""The Qwen3 encoder: one definition for every stage (diffusion, contrastive, contextual).
+"""The encoder: one definition for every stage (diffusion, contrastive, contextual) and every decoder family.
 
-Computes the same function as transformers' `Qwen3Model` (and, with the LM head, `Qwen3ForCausalLM`): token
-embedding, pre-norm blocks of [RMSNorm -> GQA attention with per-head q/k RMSNorm and RoPE -> residual,
-RMSNorm -> SwiGLU -> residual], final RMSNorm. With `attention="bidirectional"` only padding and segment
-boundaries are masked — the pplx-embed encoder.
+Computes the same function as transformers' `Qwen3Model`, `LlamaModel` and `Qwen2Model` (with the LM head, their
+`*ForCausalLM`): token embedding, pre-norm blocks of [RMSNorm -> GQA attention (per-head q/k RMSNorm for Qwen3,
+q/k/v biases for Qwen2) with RoPE -> residual, RMSNorm -> SwiGLU -> residual], final RMSNorm. The families differ
+only by `ModelConfig` switches (see `pplx_jax.core.model_config`). With `attention="bidirectional"` only padding and
+segment boundaries are masked — the pplx-embed encoder.
 
 Parameters carry Hugging Face's names (so the conversion map reads like a table) and are stacked over layers with a
 leading `layers` axis; the forward pass scans a pure per-layer function over that axis.
@@ -11,6 +12,7 @@ leading `layers` axis; the forward pass scans a pure per-layer function over tha
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import jax
@@ -22,7 +24,8 @@ from pplx_jax.core.model_config import ModelConfig
 from pplx_jax.core.sharding import constrain, to_dtype
 from pplx_jax.models import attention as attn_lib
 
-# name -> (shape function of the config, logical axes, initializer kind)
+# name -> (shape function of the config, logical axes, initializer kind). Qwen3's parameters first, in the order their
+# random init draws keys (so a seed gives the same Qwen3 weights as before the other families existed).
 LAYER_PARAMS = {
     "q_proj": (lambda c: (c.hidden_size, c.num_heads, c.head_dim), ("embed", "q_heads", "head_dim"), "normal"),
     "k_proj": (lambda c: (c.hidden_size, c.num_kv_heads, c.head_dim), ("embed", "kv_heads", "head_dim"), "normal"),
@@ -35,7 +38,23 @@ LAYER_PARAMS = {
     "gate_proj": (lambda c: (c.hidden_size, c.mlp_dim), ("embed", "mlp"), "normal"),
     "up_proj": (lambda c: (c.hidden_size, c.mlp_dim), ("embed", "mlp"), "normal"),
     "down_proj": (lambda c: (c.mlp_dim, c.hidden_size), ("mlp", "embed"), "normal"),
+    "q_bias": (lambda c: (c.num_heads, c.head_dim), ("q_heads", "head_dim"), "zeros"),
+    "k_bias": (lambda c: (c.num_kv_heads, c.head_dim), ("kv_heads", "head_dim"), "zeros"),
+    "v_bias": (lambda c: (c.num_kv_heads, c.head_dim), ("kv_heads", "head_dim"), "zeros"),
+    "o_bias": (lambda c: (c.hidden_size,), ("norm",), "zeros"),
 }
+
+
+def layer_param_names(cfg: ModelConfig) -> tuple[str, ...]:
+  """The per-layer parameters this config has (LAYER_PARAMS order)."""
+  skip = set()
+  if not cfg.qk_norm:
+    skip |= {"q_norm", "k_norm"}
+  if not cfg.qkv_bias:
+    skip |= {"q_bias", "k_bias", "v_bias"}
+  if not cfg.o_bias:
+    skip.add("o_bias")
+  return tuple(n for n in LAYER_PARAMS if n not in skip)
 
 INIT_STD = 0.02  # transformers' Qwen3 initializer_range
 
@@ -48,9 +67,27 @@ def rms_norm(x: jax.Array, weight: jax.Array, eps: float) -> jax.Array:
   return weight.astype(dtype) * x32.astype(dtype)
 
 
-def rope_tables(positions: jax.Array, head_dim: int, theta: float) -> tuple[jax.Array, jax.Array]:
+def rope_frequencies(cfg: ModelConfig) -> jax.Array:
+  """[head_dim / 2] inverse frequencies, with transformers' `rope_type` scaling (modeling_rope_utils.py)."""
+  hd = cfg.head_dim
+  inv_freq = 1.0 / (cfg.rope_theta ** (jnp.arange(0, hd, 2, dtype=jnp.float32) / hd))
+  if cfg.rope_type == "linear":
+    return inv_freq / cfg.rope_factor
+  if cfg.rope_type == "llama3":  # _compute_llama3_parameters
+    factor, low, high = cfg.rope_factor, cfg.rope_low_freq_factor, cfg.rope_high_freq_factor
+    old_len = cfg.rope_original_max_positions
+    wavelen = 2 * math.pi / inv_freq
+    scaled = jnp.where(wavelen > old_len / low, inv_freq / factor, inv_freq)
+    smooth = (old_len / wavelen - low) / (high - low)
+    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+    medium = ~(wavelen < old_len / high) & ~(wavelen > old_len / low)
+    return jnp.where(medium, smoothed, scaled)
+  return inv_freq
+
+
+def rope_tables(positions: jax.Array, cfg: ModelConfig) -> tuple[jax.Array, jax.Array]:
   """cos/sin [B, S, head_dim] in float32 (rotate-half layout: the two halves share frequencies)."""
-  inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
+  inv_freq = rope_frequencies(cfg)
   freqs = positions.astype(jnp.float32)[..., None] * inv_freq
   emb = jnp.concatenate([freqs, freqs], axis=-1)
   return jnp.cos(emb), jnp.sin(emb)
@@ -76,7 +113,7 @@ def segment_positions(segment_ids: jax.Array) -> jax.Array:
 
 def decoder_layer(p: dict[str, jax.Array], x: jax.Array, cos: jax.Array, sin: jax.Array, segment_ids: jax.Array,
                   cfg: ModelConfig) -> jax.Array:
-  """One Qwen3 block as a pure function of its parameters (one slice of the stacked layer params).
+  """One block as a pure function of its parameters (one slice of the stacked layer params).
 
   The projections run over flattened tokens [B*S, D]: with [B, S, D] operands autodiff's weight gradients contract
   two dims (b, s) and XLA:CPU materialises a transposed copy of every [B*S, F] activation gradient; with one token
@@ -88,18 +125,23 @@ def decoder_layer(p: dict[str, jax.Array], x: jax.Array, cos: jax.Array, sin: ja
   t = b * s
   n, kv, hd = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
   h = rms_norm(x, p["input_layernorm"], cfg.rms_norm_eps).reshape(t, d)
-  q = jnp.einsum("td,dnh->tnh", h, w("q_proj")).reshape(b, s, n, hd)
-  k = jnp.einsum("td,dkh->tkh", h, w("k_proj")).reshape(b, s, kv, hd)
-  v = jnp.einsum("td,dkh->tkh", h, w("v_proj")).reshape(b, s, kv, hd)
+  q = jnp.einsum("td,dnh->tnh", h, w("q_proj"))
+  k = jnp.einsum("td,dkh->tkh", h, w("k_proj"))
+  v = jnp.einsum("td,dkh->tkh", h, w("v_proj"))
+  if cfg.qkv_bias:  # Qwen2
+    q, k, v = q + w("q_bias"), k + w("k_bias"), v + w("v_bias")
+  q, k, v = q.reshape(b, s, n, hd), k.reshape(b, s, kv, hd), v.reshape(b, s, kv, hd)
   q = constrain(q, ("act_batch", "act_length", "act_heads", None))
   k = constrain(k, ("act_batch", "act_length", "act_kv_heads", None))
   v = constrain(v, ("act_batch", "act_length", "act_kv_heads", None))
-  # Qwen3's QK-norm: per head, over head_dim, before the rotary embedding.
-  q = apply_rope(rms_norm(q, p["q_norm"], cfg.rms_norm_eps), cos, sin)
-  k = apply_rope(rms_norm(k, p["k_norm"], cfg.rms_norm_eps), cos, sin)
+  if cfg.qk_norm:  # Qwen3's QK-norm: per head, over head_dim, before the rotary embedding.
+    q, k = rms_norm(q, p["q_norm"], cfg.rms_norm_eps), rms_norm(k, p["k_norm"], cfg.rms_norm_eps)
+  q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
   a = attn_lib.dot_product_attention(q, k, v, segment_ids, causal=cfg.causal, impl=cfg.attention_impl)
   a = checkpoint_name(a, "attn_out")
   o = jnp.einsum("tnh,nhd->td", a.reshape(t, n, hd), w("o_proj"))
+  if cfg.o_bias:
+    o = o + w("o_bias")
   x = constrain(x + o.reshape(b, s, d), ("act_batch", "act_length", "act_embed"))
   h = rms_norm(x, p["post_attention_layernorm"], cfg.rms_norm_eps).reshape(t, d)
   mlp = jax.nn.silu(h @ w("gate_proj")) * (h @ w("up_proj"))
@@ -121,6 +163,8 @@ def remat_policy(name: str):
 def _param(key, shape, names, kind, dtype):
   if kind == "ones":
     value = jnp.ones(shape, dtype)
+  elif kind == "zeros":
+    value = jnp.zeros(shape, dtype)
   else:
     value = INIT_STD * jax.random.normal(key, shape, dtype)
   return nnx.Param(value, out_sharding=names)
@@ -131,15 +175,17 @@ class DecoderLayers(nnx.Module):
 
   def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
     dtype = to_dtype(cfg.param_dtype)
-    for name, (shape_fn, names, kind) in LAYER_PARAMS.items():
+    self.names = layer_param_names(cfg)
+    for name in self.names:
+      shape_fn, names, kind = LAYER_PARAMS[name]
       setattr(self, name, _param(rngs.params(), (cfg.num_layers,) + shape_fn(cfg), ("layers",) + names, kind, dtype))
 
   def arrays(self) -> dict[str, jax.Array]:
-    return {name: getattr(self, name)[...] for name in LAYER_PARAMS}
+    return {name: getattr(self, name)[...] for name in self.names}
 
 
 class Encoder(nnx.Module):
-  """Qwen3 encoder with an optional (tied or untied) LM head."""
+  """The encoder with its LM head: tied (the embedding table), untied (`lm_head`), or none (encoder-only)."""
 
   def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
     self.cfg = cfg
@@ -147,7 +193,7 @@ class Encoder(nnx.Module):
     self.embed_tokens = _param(rngs.params(), (cfg.vocab_size, cfg.hidden_size), ("vocab", "embed"), "normal", dtype)
     self.layers = DecoderLayers(cfg, rngs)
     self.norm = _param(None, (cfg.hidden_size,), ("norm",), "ones", dtype)
-    if not cfg.tie_embeddings:
+    if cfg.has_untied_head:
       self.lm_head = _param(rngs.params(), (cfg.hidden_size, cfg.vocab_size), ("embed", "vocab"), "normal", dtype)
 
   def __call__(self, input_ids: jax.Array, attention_mask: jax.Array | None = None,
@@ -168,7 +214,7 @@ class Encoder(nnx.Module):
     table = constrain(self.embed_tokens[...], ("vocab", None))
     x = jnp.take(table, input_ids, axis=0).astype(to_dtype(cfg.compute_dtype))
     x = constrain(x, ("act_batch", "act_length", "act_embed"))
-    cos, sin = rope_tables(positions, cfg.head_dim, cfg.rope_theta)
+    cos, sin = rope_tables(positions, cfg)
 
     body = lambda carry, p: (decoder_layer(p, carry, cos, sin, segment_ids, cfg), None)
     if cfg.remat != "none":
@@ -185,6 +231,9 @@ class Encoder(nnx.Module):
     """[D, V] output projection (the transposed embedding when tied)."""
     if self.cfg.tie_embeddings:
       return self.embed_tokens[...].T
+    if not self.cfg.lm_head:
+      raise ValueError("this model is encoder-only (model.lm_head=False): it has no LM head; tie the head to the "
+                       "embeddings (model.tie_embeddings=True) to train it with an LM objective")
     return self.lm_head[...]
 
   def logits(self, hidden: jax.Array) -> jax.Array:

@@ -29,14 +29,11 @@ from pplx_jax.convert import load as load_lib
 from pplx_jax.core import checkpoint as ckpt
 from pplx_jax.core import config as config_lib
 from pplx_jax.core import sharding as shd
-from pplx_jax.core.model_config import ModelConfig
+from pplx_jax.core.model_config import ARCHITECTURE_FIELDS, ModelConfig
 from pplx_jax.models import encoder
 from pplx_jax.stages import flops as flops_lib
 from pplx_jax.stages.metrics import MetricsWriter, Progress
 from pplx_jax.stages.optimizer import global_norm, init_sharded, make_optimizer
-
-ARCHITECTURE_FIELDS = ("vocab_size", "hidden_size", "num_layers", "num_heads", "num_kv_heads", "head_dim", "mlp_dim",
-                       "rope_theta", "rms_norm_eps", "tie_embeddings")
 
 
 class NonFiniteLossError(RuntimeError):
@@ -101,17 +98,27 @@ def _initial_model(cfg, model_cfg: ModelConfig, mesh, rules) -> tuple[encoder.En
   src = ckpt.resolve(init_from)
   if src.kind == "hf":
     from pplx_jax.convert import hf
-    src_cfg = hf.model_config_from_hf(hf.read_hf_config(src.path), source=str(src.path / "config.json"))
+    src_cfg = hf.folder_model_config(src.path)
   else:
     src_cfg, _ = ckpt.read_model_config(src.path)
+  head = {}
+  if not src_cfg.lm_head and model_cfg.tie_embeddings:
+    # An encoder-only checkpoint has no LM head. Training it with a head (diffusion pretraining) ties the head to the
+    # input embeddings: both map between token ids and the hidden space, and a tied head adds no parameters.
+    print(f"[train] {init_from} is encoder-only (no lm_head.weight): the LM head is tied to the input embeddings",
+          flush=True)
+    head = {"tie_embeddings": True, "lm_head": True}
+    src_cfg = src_cfg.replace(**head)
   mismatch = [f"{f}: config {getattr(model_cfg, f)} vs checkpoint {getattr(src_cfg, f)}" for f in ARCHITECTURE_FIELDS
               if getattr(model_cfg, f) != getattr(src_cfg, f)]
   if mismatch:
+    hint = ("; an encoder-only checkpoint trains with a tied head (model.tie_embeddings=True) or none "
+            "(model.lm_head=False)" if not src_cfg.lm_head else "")
     raise config_lib.ConfigError(f"train.init_from={init_from}: architecture differs from config.model:\n  "
-                                 + "\n  ".join(mismatch))
+                                 + "\n  ".join(mismatch) + hint)
   runtime = {k: getattr(model_cfg, k) for k in ("attention", "attention_impl", "compute_dtype", "remat", "scan_layers",
                                                  "param_dtype")}
-  model, loaded_cfg, _ = load_lib.load_model(init_from, mesh=mesh, rules=rules, **runtime)
+  model, loaded_cfg, _ = load_lib.load_model(init_from, mesh=mesh, rules=rules, **runtime, **head)
   return model, loaded_cfg, src.tokenizer_dir
 
 
