@@ -122,3 +122,7 @@ def test_max_length_truncates(model_dir, texts):
   ref = _reference(model_dir, long, max_length=16)
   assert not np.allclose(full, short)
   np.testing.assert_allclose(short, ref, atol=2e-5)
+def test_cli_dtype_choices_are_the_quantisers():
+  from pplx_jax.cli import embed as cli_embed
+  from pplx_jax.models.quantize import EMBEDDING_DTYPES
+  assert cli_embed.DTYPES == EMBEDDING_DTYPES

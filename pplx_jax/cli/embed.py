@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 HELP = "embed texts with a model"
+DTYPES = ("float32", "int8", "binary", "ubinary", "sign")  # models.quantize.EMBEDDING_DTYPES (no NumPy for --help)
 
 
 def add_args(p) -> None:
@@ -13,7 +14,9 @@ def add_args(p) -> None:
   p.add_argument("--input", required=True, help=".txt (one text a line) or .jsonl (field `text`); with "
                  "--contextual a .jsonl of documents {\"doc_id\": ..., \"chunks\": [...]}")
   p.add_argument("--output", required=True, help="output .npy")
-  p.add_argument("--dtype", default="float32", choices=("float32", "int8", "binary"))
+  p.add_argument("--dtype", default="float32", choices=DTYPES,
+                 help="int8: round(127 tanh x); binary = ubinary: sign bits packed MSB first (uint8); sign: +-1 "
+                      "int8 (the release's binary); see pplx_jax/convert/pplx.py for the mapping")
   p.add_argument("--dim", type=int, default=None, help="keep the first N dimensions (Matryoshka) before quantising")
   p.add_argument("--batch-size", type=int, default=32)
   p.add_argument("--max-length", type=int, default=512)

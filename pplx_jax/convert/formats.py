@@ -70,6 +70,33 @@ def to_st(src: str | os.PathLike, dst: str | os.PathLike, dtype: str | None = No
   return Path(dst)
 
 
+def _tokenizer_config_with_max_length(folder: Path, max_length: int) -> None:
+  path = folder / "tokenizer_config.json"
+  config = json.loads(path.read_text()) if path.is_file() else {}
+  if not config.get("model_max_length") and not config.get("max_length"):
+    config["model_max_length"] = int(max_length)
+    path.write_text(json.dumps(config, indent=2))
+
+
+def to_onnx(src: str | os.PathLike, dst: str | os.PathLike, max_seq_length: int = 512,
+            max_inline_bytes: int | None = None) -> Path:
+  """Any model path -> a servable ONNX folder (onnxruntime, TEI's ORT backend, fastembed)."""
+  from pplx_jax.convert import onnx, pplx
+
+  params, cfg, tok_dir, extra = source_params(src)
+  if tok_dir is None:
+    raise FileNotFoundError("the source model has no tokenizer files; an exported model must carry its tokenizer")
+  with staged_output(dst) as tmp:
+    onnx.export(params, cfg, tmp / onnx.MODEL_FILE, max_inline_bytes or onnx.MAX_INLINE_BYTES)
+    text, _ = pplx.export_config(cfg, extra, "float32", None, pplx.eos_token_id(tok_dir))
+    (tmp / "config.json").write_text(text)
+    (tmp / "1_Pooling").mkdir()
+    (tmp / "1_Pooling" / "config.json").write_text(json.dumps(pplx.pooling_config(cfg.hidden_size), indent=4))
+    ckpt.copy_tokenizer(tok_dir, tmp)
+    _tokenizer_config_with_max_length(tmp, max_seq_length)
+  return Path(dst)
+
+
 def parse_size(text: str) -> int:
   text = text.strip().upper()
   units = {"KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "B": 1}

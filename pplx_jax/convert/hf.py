@@ -25,7 +25,7 @@ from pplx_jax.models.encoder import layer_param_names
 # model_type -> (family, architectures read as that family)
 FAMILIES = {
     "qwen3": ("qwen3", ("Qwen3ForCausalLM", "Qwen3Model", "Qwen3ForSequenceClassification")),
-    "bidirectional_pplx_qwen3": ("qwen3", ("PPLXQwen3Model",)),
+    "bidirectional_pplx_qwen3": ("qwen3", ("PPLXQwen3Model", "PPLXQwen3ContextualModel")),
     "llama": ("llama", ("LlamaForCausalLM", "LlamaModel")),
     "qwen2": ("qwen2", ("Qwen2ForCausalLM", "Qwen2Model")),
 }

@@ -65,7 +65,9 @@ def source_params(src: str | os.PathLike) -> tuple[dict[str, Any], Any, Path | N
     cfg = hf.folder_model_config(source.path)
     tensors, dtype = hf.read_safetensors(source.path)
     params = hf.params_from_hf(tensors, cfg, source=str(source.path))
-    return params, cfg, source.tokenizer_dir, {"source": str(source.path), "source_dtype": dtype}
+    # The config text travels with the checkpoint so `--to pplx` can write a release config back verbatim.
+    return params, cfg, source.tokenizer_dir, {"source": str(source.path), "source_dtype": dtype,
+                                               "hf_config_json": (source.path / "config.json").read_text()}
   cfg, extra = ckpt.read_model_config(source.path)
   params = ckpt.params_to_numpy(restore_params(source.path, cfg))
   return params, cfg, source.tokenizer_dir, extra

@@ -1,6 +1,24 @@
 """The sentence-transformers folder layout for a mean-pooled encoder (what pplx-embed ships, §1.3 of the notes):
 Transformer (the exported Hugging Face model at the folder root) -> mean Pooling. No Dense and no Normalize, so
 `SentenceTransformer(dir).encode(texts)` returns the raw mean — what `pplx-jax embed --dtype float32` returns.
+
+Quantised outputs with these stock modules (no remote code) come from `encode(texts, precision=...)`, which
+quantises the float mean x after the pipeline (after `truncate_dim`, as `embed --dim` truncates first):
+
+* ``precision="ubinary"``: np.packbits(x > 0), uint8. pplx-jax's `binary`/`ubinary` (and the release's
+  `ubinary`) are np.packbits(x >= 0): the same bytes except in dimensions where x is exactly 0 (or -0.0), whose bit
+  sentence-transformers clears and pplx-jax sets. An exact zero needs a pooled dimension that is identically 0
+  (e.g. a zero final-norm weight); tests/test_serve.py builds one to show it.
+* ``precision="binary"``: the same bits as int8, np.packbits(x > 0) - 128; ``(e.astype(np.int16) + 128)
+  .astype(np.uint8)`` gives the ubinary bytes back.
+* ``precision="int8"`` / ``"uint8"``: a per-dimension min/max calibration over the encoded batch,
+  floor((x - min) / ((max - min) / 255)) (- 128): batch-dependent, not pplx-embed's code.
+
+What stock modules cannot express: pplx-embed's int8, round(127 tanh x) (no module rounds; Dense(Tanh) and a
+127-scaled Dense give 127 tanh x unrounded), and the release's `binary`, a +-1 value per dimension (precision
+"binary" packs). From the float output: ``np.rint(127 * np.tanh(e)).astype(np.int8)`` and
+``np.where(e >= 0, 1, -1)`` (= `embed --dtype int8` / `--dtype sign`). The release layout (`--to pplx`,
+FlexibleQuantizer as remote code) returns both from `encode` itself.
 """
 
 from __future__ import annotations

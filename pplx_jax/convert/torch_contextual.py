@@ -11,7 +11,7 @@ Each chunk is tokenized alone (the tokenizer's default encoding), chunks are joi
 (``<|endoftext|>``, id 151643 in Qwen3 vocabularies), one bidirectional pass runs over the document (or over each
 window of `max_length` tokens that `pplx_jax.models.late_chunking.plan_windows` assigns chunks to when the document is
 longer), and each chunk's embedding is the float32 mean of ``last_hidden_state`` over its own tokens (separators
-excluded). Quantise with `pplx_jax.models.pooling.quantize_np` (int8: round(127 tanh x); binary: sign bits).
+excluded). Quantise with `pplx_jax.models.quantize.quantize_np` (int8: round(127 tanh x); binary: sign bits).
 The window planning is imported from pplx_jax (NumPy only at call time), so both paths pick identical windows.
 """
 

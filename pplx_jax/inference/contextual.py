@@ -2,7 +2,7 @@
 
 Input: one document a line, ``{"doc_id": ..., "chunks": ["...", ...]}`` (other fields ignored). Output: one row per
 chunk, documents in input order and chunks in order within each, quantised like the plain ``embed``
-(`pooling.quantize_np`). Each chunk is tokenized alone (the tokenizer's default encoding, as ``embed`` does), the
+(`quantize.quantize_np`). Each chunk is tokenized alone (the tokenizer's default encoding, as ``embed`` does), the
 chunks are joined with the separator (`separator_id`: ``<|endoftext|>``, as the released contextual model), and
 documents longer than ``--max-length`` are encoded in overlapping windows (`late_chunking.plan_windows`).
 

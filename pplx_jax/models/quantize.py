@@ -2,7 +2,9 @@
 
 - int8: round(127 * tanh(x)); inside training the forward is the int8 code and the backward is tanh's gradient
   (straight-through over the rounding);
-- binary: sign bits, set where x >= 0, packed most significant bit first (np.packbits order);
+- binary: sign bits, set where x >= 0, packed most significant bit first (np.packbits order); the released
+  model's `ubinary`, hence also accepted under that name;
+- sign: +1 where x >= 0, else -1, int8 per dimension (the released model's `binary`);
 - Matryoshka: the first `dim` dimensions, taken before quantising.
 """
 
@@ -54,11 +56,16 @@ def quantize_binary_np(x: np.ndarray) -> np.ndarray:
   return np.packbits(x >= 0, axis=-1, bitorder="big")
 
 
+EMBEDDING_DTYPES = ("float32", "int8", "binary", "ubinary", "sign")
+
+
 def quantize_np(x: np.ndarray, dtype: str) -> np.ndarray:
   if dtype == "float32":
     return x.astype(np.float32)
   if dtype == "int8":
     return quantize_int8_np(x)
-  if dtype == "binary":
+  if dtype in ("binary", "ubinary"):
     return quantize_binary_np(x)
-  raise ValueError(f"unknown embedding dtype {dtype!r}; expected float32, int8 or binary")
+  if dtype == "sign":
+    return np.where(x >= 0, 1, -1).astype(np.int8)
+  raise ValueError(f"unknown embedding dtype {dtype!r}; expected one of {EMBEDDING_DTYPES}")
