@@ -1,5 +1,9 @@
 """Parameters and models from any model path: a Hugging Face / sentence-transformers folder, a pplx-jax checkpoint
-step, or a run's workdir (its newest complete checkpoint).
+step, a run's workdir (its newest complete checkpoint), or a GGUF file.
+
+A GGUF file is read once per process through `convert.gguf` (dequantised, llama.cpp's q/k permutation undone, the
+tokenizer rebuilt from its metadata) into a Hugging Face folder in a temporary directory, and from there takes the
+same path as any Hugging Face folder: one import, one set of checks.
 
 `source_params` gives host (NumPy) parameters for conversions and merges; `restore_params` restores a checkpoint
 straight into the shardings of the current mesh and rules (so a checkpoint written on one mesh restores on another);
@@ -23,6 +27,30 @@ from pplx_jax.core.checkpoint import CheckpointError, read_model_config, resolve
 from pplx_jax.core.model_config import ModelConfig
 from pplx_jax.models import encoder
 
+_GGUF_FOLDERS: dict[tuple[str, int, int], Path] = {}
+
+
+def resolve_model(path: str | os.PathLike) -> ckpt.ModelSource:
+  """`core.checkpoint.resolve`, with a GGUF file turned into the Hugging Face folder it holds."""
+  src = resolve(path)
+  if src.kind != "gguf":
+    return src
+  import atexit
+  import shutil
+  import tempfile
+
+  from pplx_jax.convert import gguf
+
+  st = src.path.stat()
+  key = (str(src.path.resolve()), st.st_size, st.st_mtime_ns)
+  if key not in _GGUF_FOLDERS:
+    tmp = Path(tempfile.mkdtemp(prefix="pplx-gguf-"))
+    atexit.register(shutil.rmtree, tmp, ignore_errors=True)
+    gguf.write_hf_folder(gguf.read_gguf(src.path), tmp / "hf")
+    _GGUF_FOLDERS[key] = tmp / "hf"
+  folder = _GGUF_FOLDERS[key]
+  return ckpt.ModelSource("hf", folder, folder)
+
 
 def restore_params(step_dir: str | os.PathLike, model_cfg: ModelConfig, mesh=None, rules=None) -> dict[str, Any]:
   """Restore params into the shardings the *current* mesh and rules give (so a checkpoint reshards on restore)."""
@@ -44,8 +72,8 @@ def restore_params(step_dir: str | os.PathLike, model_cfg: ModelConfig, mesh=Non
 
 
 def load_model(path: str | os.PathLike, mesh=None, rules=None, **config_overrides):
-  """(model, model_cfg, tokenizer_dir) from any model path `resolve` accepts."""
-  src = resolve(path)
+  """(model, model_cfg, tokenizer_dir) from any model path `resolve_model` accepts."""
+  src = resolve_model(path)
   if src.kind == "hf":
     cfg = hf.folder_model_config(src.path, **config_overrides)
     tensors, _ = hf.read_safetensors(src.path)
@@ -60,7 +88,7 @@ def load_model(path: str | os.PathLike, mesh=None, rules=None, **config_override
 
 def source_params(src: str | os.PathLike) -> tuple[dict[str, Any], Any, Path | None, dict[str, Any]]:
   """(numpy params, model config, tokenizer dir, extra metadata) from any model path."""
-  source = ckpt.resolve(src)
+  source = resolve_model(src)
   if source.kind == "hf":
     cfg = hf.folder_model_config(source.path)
     tensors, dtype = hf.read_safetensors(source.path)

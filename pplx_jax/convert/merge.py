@@ -34,7 +34,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from pplx_jax.convert.load import source_params
+from pplx_jax.convert.load import resolve_model, source_params
 from pplx_jax.core import checkpoint as ckpt
 from pplx_jax.core import model_config
 from pplx_jax.core.checkpoint import CheckpointError
@@ -252,7 +252,7 @@ def merge_checkpoints(a_path: str | os.PathLike, b_path: str | os.PathLike, t: f
   out = Path(out_dir)
   if out.exists() and (not out.is_dir() or any(out.iterdir())):  # fail before loading two models
     raise FileExistsError(f"{out}: destination exists and is not empty; choose a new path")
-  src_a, src_b = ckpt.resolve(a_path), ckpt.resolve(b_path)
+  src_a, src_b = resolve_model(a_path), resolve_model(b_path)
   params_a, cfg_a, tok_a, extra_a = source_params(a_path)
   params_b, cfg_b, tok_b, extra_b = source_params(b_path)
   if src_a.kind == "hf" and extra_a.get("source_dtype") in ("float32", "bfloat16", "float16"):

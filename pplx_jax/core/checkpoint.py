@@ -59,18 +59,21 @@ def is_hf_folder(path: Path) -> bool:
 
 @dataclasses.dataclass
 class ModelSource:
-  """Where a model lives: a Hugging Face / sentence-transformers folder, or a pplx-jax checkpoint step."""
-  kind: str  # "hf" or "pplx"
-  path: Path  # the HF folder or the step directory
+  """Where a model lives: a Hugging Face / sentence-transformers folder, a pplx-jax checkpoint step, or a GGUF file
+  (read through `pplx_jax.convert.load.resolve_model`, which turns it into a Hugging Face folder)."""
+  kind: str  # "hf", "pplx" or "gguf"
+  path: Path  # the HF folder, the step directory or the .gguf file
   tokenizer_dir: Path | None
 
 
 def resolve(path: str | os.PathLike) -> ModelSource:
-  """Accepts a Hugging Face / sentence-transformers folder, a checkpoint step directory, or a run's workdir
-  (its newest complete checkpoint)."""
+  """Accepts a Hugging Face / sentence-transformers folder, a checkpoint step directory, a run's workdir (its newest
+  complete checkpoint), or a GGUF file."""
   p = Path(path)
   if not p.exists():
     raise CheckpointError(f"{p}: no such file or directory")
+  if p.is_file() and p.suffix.lower() == ".gguf":
+    return ModelSource("gguf", p, None)
   if is_hf_folder(p):
     return ModelSource("hf", p, p if has_tokenizer(p) else None)
   if is_step_dir(p):
@@ -84,7 +87,7 @@ def resolve(path: str | os.PathLike) -> ModelSource:
     tok = p / TOKENIZER
     return ModelSource("pplx", p / CHECKPOINTS / str(step), tok if has_tokenizer(tok) else None)
   raise CheckpointError(f"{p}: not a Hugging Face model folder (config.json + model.safetensors), a pplx-jax "
-                        f"checkpoint step (params/ + model/) or a pplx-jax workdir (checkpoints/)")
+                        f"checkpoint step (params/ + model/), a pplx-jax workdir (checkpoints/) or a .gguf file")
 
 
 def has_tokenizer(d: Path) -> bool:

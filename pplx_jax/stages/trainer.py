@@ -95,7 +95,7 @@ def _initial_model(cfg, model_cfg: ModelConfig, mesh, rules) -> tuple[encoder.En
   init_from = str(cfg.train.init_from or "")
   if not init_from:
     return encoder.create_model(model_cfg, seed=int(cfg.train.seed)), model_cfg, None
-  src = ckpt.resolve(init_from)
+  src = load_lib.resolve_model(init_from)
   if src.kind == "hf":
     from pplx_jax.convert import hf
     src_cfg = hf.folder_model_config(src.path)
