@@ -217,13 +217,13 @@ def test_wrong_shape_and_unexpected_tensor_are_named(hf_dirs, tmp_path):
 
 
 def test_unsupported_architecture_is_named(hf_dirs, tmp_path):
-  src = tmp_path / "llama"
+  src = tmp_path / "mistral"
   src.mkdir()
   cfg = json.loads((hf_dirs["encoder"] / "config.json").read_text())
-  cfg.update(model_type="llama", architectures=["LlamaForCausalLM"])
+  cfg.update(model_type="mistral", architectures=["MistralForCausalLM"])  # not a family pplx-jax computes
   (src / "config.json").write_text(json.dumps(cfg))
   (src / "model.safetensors").write_bytes((hf_dirs["encoder"] / "model.safetensors").read_bytes())
-  with pytest.raises(hf.ConversionError, match="LlamaForCausalLM"):
+  with pytest.raises(hf.ConversionError, match="MistralForCausalLM"):
     formats.to_jax(src, tmp_path / "out")
 
 

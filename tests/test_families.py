@@ -17,6 +17,7 @@ import pytest
 import torch  # the reference: a missing torch/transformers is a failure, not a skip
 import transformers
 from flax import nnx
+from test_qwen3 import padded_batch, state_dict_np  # the same reference helpers as the Qwen3 tests
 
 from pplx_jax.convert import hf
 from pplx_jax.core import sharding as shd
@@ -78,10 +79,6 @@ def _randomize(module, seed: int):
         p.copy_(0.3 * torch.randn(p.shape, generator=g))
 
 
-def state_dict_np(module) -> dict[str, np.ndarray]:
-  return {k: v.detach().cpu().numpy().copy() for k, v in module.state_dict().items()}
-
-
 @functools.lru_cache(maxsize=None)
 def hf_lm(name: str, causal: bool):
   case = CASES[name]
@@ -100,16 +97,6 @@ def ours(name: str, causal: bool):
   cfg = hf.model_config_from_hf(hc.to_dict(), compute_dtype="float32", remat="none",
                                 attention="causal" if causal else "bidirectional")
   return cfg, encoder.model_from_params(cfg, hf.params_from_hf(state_dict_np(m), cfg))
-
-
-def padded_batch(case: Case, seed: int = 0):
-  """Row 0 full, row 1 padded on the right, row 2 padded on the left."""
-  rng = np.random.RandomState(seed)
-  ids = rng.randint(0, case.vocab, (3, case.length)).astype(np.int32)
-  mask = np.ones((3, case.length), np.int32)
-  mask[1, case.length - 3:] = 0
-  mask[2, :4] = 0
-  return ids, mask
 
 
 @functools.partial(jax.jit, static_argnums=0, compiler_options=FAST_COMPILE)

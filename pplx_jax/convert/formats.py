@@ -81,7 +81,7 @@ def _tokenizer_config_with_max_length(folder: Path, max_length: int) -> None:
 def to_onnx(src: str | os.PathLike, dst: str | os.PathLike, max_seq_length: int = 512,
             max_inline_bytes: int | None = None) -> Path:
   """Any model path -> a servable ONNX folder (onnxruntime, TEI's ORT backend, fastembed)."""
-  from pplx_jax.convert import onnx, pplx
+  from pplx_jax.convert import onnx, pplx, sentence_transformers
 
   params, cfg, tok_dir, extra = source_params(src)
   if tok_dir is None:
@@ -91,7 +91,7 @@ def to_onnx(src: str | os.PathLike, dst: str | os.PathLike, max_seq_length: int 
     text, _ = pplx.export_config(cfg, extra, "float32", None, pplx.eos_token_id(tok_dir))
     (tmp / "config.json").write_text(text)
     (tmp / "1_Pooling").mkdir()
-    (tmp / "1_Pooling" / "config.json").write_text(json.dumps(pplx.pooling_config(cfg.hidden_size), indent=4))
+    (tmp / "1_Pooling" / "config.json").write_text(json.dumps(sentence_transformers.pooling_config(cfg.hidden_size), indent=4))
     ckpt.copy_tokenizer(tok_dir, tmp)
     _tokenizer_config_with_max_length(tmp, max_seq_length)
   return Path(dst)

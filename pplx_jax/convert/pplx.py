@@ -56,6 +56,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from pplx_jax.convert import hf
+from pplx_jax.convert.sentence_transformers import pooling_config
 
 PPLX_MODEL_TYPE = "bidirectional_pplx_qwen3"
 ARCHITECTURE = "PPLXQwen3Model"
@@ -127,19 +128,6 @@ def export_config(cfg, extra: Mapping[str, Any], dtype: str, variant: str | None
   source = dict(source, **{dtype_key: dtype})
   source["auto_map"] = dict(source.get("auto_map") or {}, AutoModel=AUTO_MODEL[variant])
   return config_text(source), variant
-
-
-def pooling_config(hidden_size: int) -> dict[str, Any]:
-  return {
-      "word_embedding_dimension": hidden_size,
-      "pooling_mode_cls_token": False,
-      "pooling_mode_mean_tokens": True,
-      "pooling_mode_max_tokens": False,
-      "pooling_mode_mean_sqrt_len_tokens": False,
-      "pooling_mode_weightedmean_tokens": False,
-      "pooling_mode_lasttoken": False,
-      "include_prompt": True,
-  }
 
 
 def modules_config() -> list[dict[str, Any]]:

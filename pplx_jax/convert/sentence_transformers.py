@@ -27,6 +27,20 @@ import json
 from pathlib import Path
 
 
+def pooling_config(hidden_size: int) -> dict:
+  """sentence-transformers' Pooling module config for the mean of the final hidden states over real tokens."""
+  return {
+      "word_embedding_dimension": hidden_size,
+      "pooling_mode_cls_token": False,
+      "pooling_mode_mean_tokens": True,
+      "pooling_mode_max_tokens": False,
+      "pooling_mode_mean_sqrt_len_tokens": False,
+      "pooling_mode_weightedmean_tokens": False,
+      "pooling_mode_lasttoken": False,
+      "include_prompt": True,
+  }
+
+
 def write_st_files(folder: str | Path, hidden_size: int, max_seq_length: int) -> list[str]:
   folder = Path(folder)
   modules = [
@@ -37,17 +51,7 @@ def write_st_files(folder: str | Path, hidden_size: int, max_seq_length: int) ->
   (folder / "sentence_bert_config.json").write_text(
       json.dumps({"max_seq_length": max_seq_length, "do_lower_case": False}, indent=2))
   (folder / "1_Pooling").mkdir(exist_ok=True)
-  pooling = {
-      "word_embedding_dimension": hidden_size,
-      "pooling_mode_cls_token": False,
-      "pooling_mode_mean_tokens": True,
-      "pooling_mode_max_tokens": False,
-      "pooling_mode_mean_sqrt_len_tokens": False,
-      "pooling_mode_weightedmean_tokens": False,
-      "pooling_mode_lasttoken": False,
-      "include_prompt": True,
-  }
-  (folder / "1_Pooling" / "config.json").write_text(json.dumps(pooling, indent=2))
+  (folder / "1_Pooling" / "config.json").write_text(json.dumps(pooling_config(hidden_size), indent=2))
   (folder / "config_sentence_transformers.json").write_text(json.dumps(
       {"model_type": "SentenceTransformer", "prompts": {}, "default_prompt_name": None, "similarity_fn_name": "cosine"},
       indent=2))

@@ -102,11 +102,9 @@ def jsonl_objects(path: Path, blank_lines: str = "skip") -> Iterator[tuple[int, 
   """(1-based line, parsed JSON value) for every line, or a DataError for invalid UTF-8 or JSON: the one JSONL
   reader of the project (prepared record kinds, `embed` inputs, metrics files). Blank lines carry no record
   (`blank_lines="skip"`) or are a bad record of their own (`"error"`, for inputs where every line is one row)."""
-  for line_no, raw in _lines(path):
-    try:
-      line = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-      yield line_no, DataError(path, line_no, "invalid_utf8", f"invalid UTF-8 ({e.reason} at byte {e.start})")
+  for line_no, line in text_lines(path):
+    if isinstance(line, DataError):
+      yield line_no, line
       continue
     if not line.strip():
       if blank_lines == "error":
