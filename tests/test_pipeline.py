@@ -89,11 +89,11 @@ def test_bm25_matches_the_formula():
 
 
 def test_done_markers_refuse_changed_inputs(tmp_path):
-  assert not plan_lib._check_done(tmp_path, {"a": 1}, "stage 'x'")
-  plan_lib._mark_done(tmp_path, {"a": 1}, step=3)
-  assert plan_lib._check_done(tmp_path, {"a": 1}, "stage 'x'")
+  assert not plan_lib.check_done(tmp_path, {"a": 1}, "stage 'x'")
+  plan_lib.mark_done(tmp_path, {"a": 1}, step=3)
+  assert plan_lib.check_done(tmp_path, {"a": 1}, "stage 'x'")
   with pytest.raises(ConfigError, match=r"stage 'x'.*delete"):
-    plan_lib._check_done(tmp_path, {"a": 2}, "stage 'x'")
+    plan_lib.check_done(tmp_path, {"a": 2}, "stage 'x'")
 
 
 @pytest.mark.slow

@@ -79,7 +79,8 @@ def builder_class(name: str, features: dict):
   return types.new_class(name, (_Builder,), {"skip_registration": True}, lambda ns: ns.update(name=name))
 
 
-def _check_name(name: str) -> None:
+def check_name(name: str) -> None:
+  """A dataset name is its folder name and TFDS builder name: lowercase letters, digits and '_'."""
   if not _NAME_RE.match(name):
     raise ValueError(f"dataset name {name!r} is not valid: use lowercase letters, digits and '_', "
                      "starting with a letter")
@@ -131,7 +132,7 @@ def existing_dataset(name: str, out_dir, params: dict) -> Path | None:
   return dataset_dir
 
 
-def _check_fraction(validation_fraction: float) -> None:
+def check_fraction(validation_fraction: float) -> None:
   if not 0.0 <= validation_fraction < 1.0:
     raise ValueError(f"validation_fraction must be in [0, 1), got {validation_fraction}")
 

@@ -26,13 +26,13 @@ from pplx_jax.core import config as config_lib
 from pplx_jax.core.config import ConfigError
 from pplx_jax.recipe.plan import (
   Plan,
-  _check_done,
-  _digest,
-  _is_main,
-  _log,
-  _mark_done,
-  _read_json,
-  _write_json,
+  check_done,
+  digest,
+  is_main,
+  log,
+  mark_done,
+  read_json,
+  write_json,
 )
 
 # ---------------------------------------------------------------------------------------------
@@ -53,7 +53,7 @@ def prepare_tokenizer(plan: Plan) -> None:
   corpus.parent.mkdir(parents=True, exist_ok=True)
   texts = list(wordnet.pretraining_texts())
   corpus.write_text("\n".join(t.replace("\n", " ") for t in texts) + "\n")
-  _log(f"training a byte-level BPE tokenizer ({plan.cfg.tokenizer.vocab_size} ids) on {len(texts)} WordNet texts")
+  log(f"training a byte-level BPE tokenizer ({plan.cfg.tokenizer.vocab_size} ids) on {len(texts)} WordNet texts")
   tmp = plan.tokenizer.with_name(plan.tokenizer.name + ".tmp")
   shutil.rmtree(tmp, ignore_errors=True)
   train_byte_level_bpe([str(corpus)], tmp, vocab_size=int(plan.cfg.tokenizer.vocab_size))
@@ -63,7 +63,7 @@ def prepare_tokenizer(plan: Plan) -> None:
 def _stage_inputs(plan: Plan, name: str, done_inputs: dict[str, dict]) -> dict:
   parent = str(plan.cfg.stages[name].init_from)
   return {"config": json.loads(config_lib.to_json(plan.stage_cfgs[name])),
-          "parent": _digest(done_inputs[parent]) if parent in done_inputs else parent}
+          "parent": digest(done_inputs[parent]) if parent in done_inputs else parent}
 
 
 def run_stages(plan: Plan) -> dict[str, dict]:
@@ -72,14 +72,14 @@ def run_stages(plan: Plan) -> dict[str, dict]:
   for name in plan.order:
     inputs = _stage_inputs(plan, name, done)
     out = plan.model_dir(name)
-    if _check_done(out, inputs, f"stage {name!r}"):
-      _log(f"stage {name}: already complete, skipped")
+    if check_done(out, inputs, f"stage {name!r}"):
+      log(f"stage {name}: already complete, skipped")
     else:
-      _log(f"stage {name}: {plan.cfg.stages[name].config} from {plan.cfg.stages[name].init_from or 'random init'}")
+      log(f"stage {name}: {plan.cfg.stages[name].config} from {plan.cfg.stages[name].init_from or 'random init'}")
       t0 = time.time()
       result = registry.run_stage(plan.stage_cfgs[name], out)
-      if _is_main():
-        _mark_done(out, inputs, step=int(result.step), seconds=round(time.time() - t0, 1))
+      if is_main():
+        mark_done(out, inputs, step=int(result.step), seconds=round(time.time() - t0, 1))
     done[name] = inputs
   return done
 
@@ -88,14 +88,14 @@ def merge_step(plan: Plan, done: dict[str, dict]) -> Path:
   from pplx_jax.convert import merge
   m = plan.cfg.merge
   out = plan.model_dir(str(m.name))
-  inputs = {"a": _digest(done[str(m.a)]), "b": _digest(done[str(m.b)]), "t": float(m.t)}
-  if _check_done(out, inputs, "the merge"):
-    _log(f"merge: {out} already complete, skipped")
+  inputs = {"a": digest(done[str(m.a)]), "b": digest(done[str(m.b)]), "t": float(m.t)}
+  if check_done(out, inputs, "the merge"):
+    log(f"merge: {out} already complete, skipped")
   else:
     shutil.rmtree(out, ignore_errors=True)  # a merge interrupted before its marker: redo it whole
-    _log(f"merge: SLERP({m.a}, {m.b}, t={m.t}) -> {out}")
+    log(f"merge: SLERP({m.a}, {m.b}, t={m.t}) -> {out}")
     merge.merge_checkpoints(plan.model_dir(str(m.a)), plan.model_dir(str(m.b)), float(m.t), out)
-    _mark_done(out, inputs)
+    mark_done(out, inputs)
   done[str(m.name)] = inputs
   return out
 
@@ -104,10 +104,10 @@ def export_step(plan: Plan, done: dict[str, dict]) -> dict[str, Path]:
   from pplx_jax.convert import formats
   name = str(plan.cfg.export.model)
   out = plan.work / "export"
-  inputs = {"model": _digest(done[name]), "formats": list(plan.cfg.export.formats)}
+  inputs = {"model": digest(done[name]), "formats": list(plan.cfg.export.formats)}
   paths = {fmt: out / fmt for fmt in plan.cfg.export.formats}
-  if _check_done(out, inputs, "the export"):
-    _log(f"export: {out} already complete, skipped")
+  if check_done(out, inputs, "the export"):
+    log(f"export: {out} already complete, skipped")
     return paths
   shutil.rmtree(out, ignore_errors=True)
   fns = {"hf": formats.to_hf, "st": formats.to_st}
@@ -115,8 +115,8 @@ def export_step(plan: Plan, done: dict[str, dict]) -> dict[str, Path]:
     if fmt not in fns:
       raise ConfigError(f"export.formats has {fmt!r}; known: {sorted(fns)}")
     fns[fmt](str(plan.model_dir(name)), str(path))
-    _log(f"export: {name} -> {path}")
-  _mark_done(out, inputs)
+    log(f"export: {name} -> {path}")
+  mark_done(out, inputs)
   return paths
 
 
@@ -242,12 +242,12 @@ def parity_step(plan: Plan, export: dict[str, Path], sets, own: dict) -> dict:
 def _cached(path: Path, inputs: dict, what: str, compute) -> Any:
   """The results stored at `path` if they were computed from `inputs`; otherwise compute and store them."""
   if path.is_file():
-    stored = _read_json(path)
+    stored = read_json(path)
     if stored.get("inputs") == json.loads(json.dumps(inputs, sort_keys=True, default=str)):
       return stored["results"]
-  _log(f"eval: {what}")
+  log(f"eval: {what}")
   results = compute()
-  _write_json(path, {"inputs": inputs, "results": results})
+  write_json(path, {"inputs": inputs, "results": results})
   return results
 
 
@@ -263,14 +263,14 @@ def run_eval(plan: Plan, done: dict[str, dict], export: dict[str, Path]) -> dict
 
   results: dict[str, Any] = {"models": {}}
   for name in plan.models:
-    results["models"][name] = _cached(ev_dir / f"{name}.json", {"model": _digest(done[name]), "eval": ev_inputs},
+    results["models"][name] = _cached(ev_dir / f"{name}.json", {"model": digest(done[name]), "eval": ev_inputs},
                                       name, lambda: evaluate_model(plan, name, eval_sets()))
   results["baselines"] = _cached(ev_dir / "baselines.json", ev_inputs, f"baselines {list(plan.cfg.eval.baselines)}",
                                  lambda: evaluate_baselines(plan, eval_sets()))
   name = str(plan.cfg.export.model)
   if name in results["models"]:
     parity = results["parity"] = _cached(
-        ev_dir / "parity.json", {"model": _digest(done[name]), "eval": ev_inputs},
+        ev_dir / "parity.json", {"model": digest(done[name]), "eval": ev_inputs},
         "the export with stock sentence-transformers and mteb",
         lambda: parity_step(plan, export, eval_sets(), results["models"][name]))
     diffs = [abs(v - parity["pplx-jax"]) for k, v in parity.items() if k != "max_abs_embedding_diff"]
@@ -294,12 +294,12 @@ def run_pipeline(cfg: ml_collections.ConfigDict, workdir: str | os.PathLike) -> 
   t0 = time.time()
   prepare_tokenizer(plan)
   done = run_stages(plan)
-  if not _is_main():  # on a pod every process trains; the merge, export, evaluation and report are process 0's
+  if not is_main():  # on a pod every process trains; the merge, export, evaluation and report are process 0's
     return work / "report.md"
   merge_step(plan, done)
   export = export_step(plan, done)
   results = run_eval(plan, done, export)
   from pplx_jax.recipe import report
   path = report.write_pipeline_report(plan, results)
-  _log(f"done in {time.time() - t0:.0f} s; report: {path}")
+  log(f"done in {time.time() - t0:.0f} s; report: {path}")
   return path

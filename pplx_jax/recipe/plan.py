@@ -23,22 +23,22 @@ REPO = Path(__file__).resolve().parents[2]  # the checkout: configs/ beside pplx
 DONE = "pipeline_done.json"
 
 
-def _log(msg: str) -> None:
+def log(msg: str) -> None:
   print(f"[pipeline] {msg}", flush=True)
 
 
-def _digest(obj: Any) -> str:
+def digest(obj: Any) -> str:
   return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _write_json(path: Path, obj: Any) -> None:
+def write_json(path: Path, obj: Any) -> None:
   path.parent.mkdir(parents=True, exist_ok=True)
   tmp = path.with_name(path.name + ".tmp")
   tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
   tmp.replace(path)
 
 
-def _read_json(path: Path) -> Any:
+def read_json(path: Path) -> Any:
   return json.loads(path.read_text())
 
 
@@ -94,9 +94,9 @@ class Plan:
 
   def validate(self, num_devices: int) -> None:
     from pplx_jax.stages import trainer
-    missing = _placeholders(self.cfg.to_dict(), "config.")
+    missing = placeholders(self.cfg.to_dict(), "config.")
     for name, c in self.stage_cfgs.items():
-      missing += _placeholders(c.to_dict(), f"stage {name!r}: config.")
+      missing += placeholders(c.to_dict(), f"stage {name!r}: config.")
     if missing:
       raise ConfigError("values to set before this pipeline can run:\n  " + "\n  ".join(missing))
     for name, c in self.stage_cfgs.items():
@@ -113,31 +113,31 @@ class Plan:
     return str(c.objective.get("pooling", "mean")) if c is not None and "objective" in c else "mean"
 
 
-def _placeholders(tree: Any, prefix: str) -> list[str]:
+def placeholders(tree: Any, prefix: str) -> list[str]:
   """`key = REQUIRED: ...` values the paper-scale configs leave for the user (data paths, weights)."""
   if isinstance(tree, dict):
-    return [m for k, v in tree.items() for m in _placeholders(v, f"{prefix}{k}.")]
+    return [m for k, v in tree.items() for m in placeholders(v, f"{prefix}{k}.")]
   if isinstance(tree, (list, tuple)):
-    return [m for i, v in enumerate(tree) for m in _placeholders(v, f"{prefix}{i}.")]
+    return [m for i, v in enumerate(tree) for m in placeholders(v, f"{prefix}{i}.")]
   return [f"{prefix[:-1]} = {tree!r}"] if isinstance(tree, str) and tree.startswith("REQUIRED") else []
 
 
-def _is_main() -> bool:
+def is_main() -> bool:
   import jax
   return jax.process_index() == 0
 
 
-def _check_done(path: Path, inputs: dict, what: str) -> bool:
+def check_done(path: Path, inputs: dict, what: str) -> bool:
   """True when `path/DONE` records exactly `inputs`; an error when it records something else."""
   marker = path / DONE
   if not marker.is_file():
     return False
-  recorded = _read_json(marker).get("inputs")
+  recorded = read_json(marker).get("inputs")
   if recorded != json.loads(json.dumps(inputs, sort_keys=True, default=str)):
     raise ConfigError(f"{what} in {path} was finished from different inputs than this config gives "
                       f"(recorded {marker}); delete {path} to redo it (and the steps after it)")
   return True
 
 
-def _mark_done(path: Path, inputs: dict, **info) -> None:
-  _write_json(path / DONE, {"inputs": inputs, "finished": time.strftime("%Y-%m-%d %H:%M:%S"), **info})
+def mark_done(path: Path, inputs: dict, **info) -> None:
+  write_json(path / DONE, {"inputs": inputs, "finished": time.strftime("%Y-%m-%d %H:%M:%S"), **info})

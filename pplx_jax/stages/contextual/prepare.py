@@ -33,7 +33,6 @@ function of the position in the stream (deterministic and resumable).
 from __future__ import annotations
 
 import logging
-import re
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -51,7 +50,6 @@ REASONS = ("invalid_utf8", "invalid_json", "missing_field", "non_string_field", 
            "invalid_queries", "no_queries")
 SPLITS = prepared.SPLITS
 VERSION = prepared.VERSION
-_NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -179,10 +177,8 @@ def _build(name: str, out_dir, params: dict, skipped: dict, split_counts: dict, 
 
 
 def _check(name: str, validation_fraction: float, on_error: str = "raise") -> None:
-  if not _NAME_RE.match(name):
-    raise ValueError(f"dataset name {name!r} is not valid: use lowercase letters, digits and '_'")
-  if not 0.0 <= validation_fraction < 1.0:
-    raise ValueError(f"validation_fraction must be in [0, 1), got {validation_fraction}")
+  prepared.check_name(name)
+  prepared.check_fraction(validation_fraction)
   if on_error not in records_lib.ON_ERROR:
     raise ValueError(f"on_error must be one of {records_lib.ON_ERROR}, got {on_error!r}")
 

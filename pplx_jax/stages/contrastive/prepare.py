@@ -33,7 +33,6 @@ import json
 import logging
 import os
 import random
-import re
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -97,7 +96,6 @@ KINDS = ("pair", "triplet")
 REASONS = ("invalid_utf8", "invalid_json", "missing_field", "non_string_field", "empty_text", "invalid_negatives")
 SPLITS = prepared.SPLITS
 VERSION = prepared.VERSION
-_NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -239,11 +237,8 @@ def _features(kind: str) -> dict:
 
 
 def _check_args(name: str, validation_fraction: float, kind: str) -> None:
-  if not _NAME_RE.match(name):
-    raise ValueError(f"dataset name {name!r} is not valid: use lowercase letters, digits and '_', "
-                     "starting with a letter")
-  if not 0.0 <= validation_fraction < 1.0:
-    raise ValueError(f"validation_fraction must be in [0, 1), got {validation_fraction}")
+  prepared.check_name(name)
+  prepared.check_fraction(validation_fraction)
   if kind not in KINDS:
     raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
 

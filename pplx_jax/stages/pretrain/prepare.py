@@ -20,9 +20,9 @@ import numpy as np
 from pplx_jax.data import records as records_lib
 from pplx_jax.data.prepared import (
   SPLITS,
-  _check_fraction,
-  _check_name,
   build_dataset,
+  check_fraction,
+  check_name,
   existing_dataset,
 )
 from pplx_jax.data.sources import wordnet
@@ -59,8 +59,8 @@ def prepare_text_dataset(
   raise :class:`~pplx_jax.data.records.DataError` (``file:line``) or, with ``on_error="skip"``, are
   skipped and counted (``dataset_metadata(dir)["skipped"]``).
   """
-  _check_name(name)
-  _check_fraction(validation_fraction)
+  check_name(name)
+  check_fraction(validation_fraction)
   if on_error not in records_lib.ON_ERROR:
     raise ValueError(f"on_error must be one of {records_lib.ON_ERROR}, got {on_error!r}")
   files = records_lib.expand_inputs(inputs)
@@ -116,8 +116,8 @@ def prepare_wordnet(
   retrieval on the validation synsets of the same fraction and seed. ``limit`` keeps only the first
   synsets (file order), for quick tests.
   """
-  _check_name(name)
-  _check_fraction(validation_fraction)
+  check_name(name)
+  check_fraction(validation_fraction)
   params = {"kind": "wordnet", "validation_fraction": validation_fraction, "seed": seed, "limit": limit}
   existing = existing_dataset(name, out_dir, params)
   if existing is not None:
