@@ -102,30 +102,45 @@ def jsonl_objects(path: Path, blank_lines: str = "skip") -> Iterator[tuple[int, 
   """(1-based line, parsed JSON value) for every line, or a DataError for invalid UTF-8 or JSON: the one JSONL
   reader of the project (prepared record kinds, `embed` inputs, metrics files). Blank lines carry no record
   (`blank_lines="skip"`) or are a bad record of their own (`"error"`, for inputs where every line is one row)."""
-  for line_no, line in text_lines(path):
-    if isinstance(line, DataError):
-      yield line_no, line
-      continue
-    if not line.strip():
+  for line_no, raw in _lines(path):
+    obj = decode_jsonl_line(raw, path, line_no)
+    if obj is BLANK:
       if blank_lines == "error":
         yield line_no, DataError(path, line_no, "empty_text", "empty line")
       continue
-    try:
-      yield line_no, json.loads(line)
-    except json.JSONDecodeError as e:
-      yield line_no, DataError(path, line_no, "invalid_json", f"invalid JSON ({e.msg} at column {e.colno})")
+    yield line_no, obj
 
 
 def text_lines(path: Path) -> Iterator[tuple[int, str | DataError]]:
   """(1-based line, the decoded line without its line ending) of a plain text file, or a DataError for invalid
   UTF-8."""
   for line_no, raw in _lines(path):
-    try:
-      line = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-      yield line_no, DataError(path, line_no, "invalid_utf8", f"invalid UTF-8 ({e.reason} at byte {e.start})")
-      continue
-    yield line_no, line.rstrip("\r\n")
+    yield line_no, decode_text_line(raw, path, line_no)
+
+
+# One line's decoding, shared by the readers above (a whole local file) and data/beam.py (byte ranges of any file).
+BLANK = object()  # decode_jsonl_line's answer for a whitespace-only line: no record (a JSON `null` line is None)
+
+
+def decode_text_line(raw: bytes, path, line_no: int) -> str | DataError:
+  """A plain text line without its line ending, or a DataError for invalid UTF-8."""
+  try:
+    return raw.decode("utf-8").rstrip("\r\n")
+  except UnicodeDecodeError as e:
+    return DataError(path, line_no, "invalid_utf8", f"invalid UTF-8 ({e.reason} at byte {e.start})")
+
+
+def decode_jsonl_line(raw: bytes, path, line_no: int) -> Any:
+  """A JSONL line's JSON value, a DataError (invalid UTF-8 or JSON), or :data:`BLANK` for a whitespace-only line."""
+  line = decode_text_line(raw, path, line_no)
+  if isinstance(line, DataError):
+    return line
+  if not line.strip():
+    return BLANK
+  try:
+    return json.loads(line)
+  except json.JSONDecodeError as e:
+    return DataError(path, line_no, "invalid_json", f"invalid JSON ({e.msg} at column {e.colno})")
 
 
 def parquet_rows(path: Path, columns: Sequence[str], required: Sequence[str], batch_size: int = 8192
@@ -147,15 +162,18 @@ def parquet_rows(path: Path, columns: Sequence[str], required: Sequence[str], ba
 
 def _jsonl_records(path: Path, field: str) -> Iterator[tuple[int, str | DataError]]:
   for line_no, record in jsonl_objects(path):
-    if isinstance(record, DataError):
-      yield line_no, record
-    elif not isinstance(record, dict):
-      yield line_no, DataError(path, line_no, "invalid_json", f"expected a JSON object, got {type(record).__name__}")
-    else:
-      yield line_no, _field_value(record.get(field), field, path, line_no)
+    yield line_no, record if isinstance(record, DataError) else jsonl_text(record, field, path, line_no)
 
 
-def _field_value(value, field: str, path: Path, line_no: int) -> str | DataError:
+def jsonl_text(record, field: str, path, line_no: int) -> str | DataError:
+  """The document of a JSONL line's value: its string `field` (the value must be an object)."""
+  if not isinstance(record, dict):
+    return DataError(path, line_no, "invalid_json", f"expected a JSON object, got {type(record).__name__}")
+  return field_value(record.get(field), field, path, line_no)
+
+
+def field_value(value, field: str, path, line_no: int) -> str | DataError:
+  """A text field's value as str (bytes decoded), or the DataError of a missing, non-string or non-UTF-8 one."""
   if value is None:
     return DataError(path, line_no, "missing_field", f"record has no {field!r} field")
   if isinstance(value, bytes):
@@ -170,7 +188,7 @@ def _field_value(value, field: str, path: Path, line_no: int) -> str | DataError
 
 def _parquet_records(path: Path, field: str) -> Iterator[tuple[int, str | DataError]]:
   for row, obj in parquet_rows(path, [field], [field]):
-    yield row, _field_value(obj[field], field, path, row)
+    yield row, field_value(obj[field], field, path, row)
 
 
 _READERS = {"text": _text_records, "jsonl": _jsonl_records, "parquet": _parquet_records}

@@ -153,7 +153,7 @@ def iter_contextual_records(inputs, on_error: str = "raise", stats: dict | None 
 # TFDS builder
 
 
-def _features() -> dict:
+def features() -> dict:
   import tensorflow_datasets as tfds
 
   return {
@@ -166,24 +166,24 @@ def _features() -> dict:
   }
 
 
-def _example(rec: dict, source: str, line: int) -> dict:
+def example(rec: dict, source: str, line: int) -> dict:
   return {"doc_id": rec["doc_id"], "chunks": rec["chunks"], "query_text": [q["text"] for q in rec["queries"]],
           "query_chunk": [q["chunk"] for q in rec["queries"]], "source": source, "line": line}
 
 
 def _build(name: str, out_dir, params: dict, skipped: dict, split_counts: dict, examples, description: str) -> Path:
-  return prepared.build_dataset(name, out_dir, params, skipped, split_counts, examples, description, _features(),
+  return prepared.build_dataset(name, out_dir, params, skipped, split_counts, examples, description, features(),
                                 kind="contextual", unit="documents")
 
 
-def _check(name: str, validation_fraction: float, on_error: str = "raise") -> None:
+def check_args(name: str, validation_fraction: float, on_error: str = "raise") -> None:
   prepared.check_name(name)
   prepared.check_fraction(validation_fraction)
   if on_error not in records_lib.ON_ERROR:
     raise ValueError(f"on_error must be one of {records_lib.ON_ERROR}, got {on_error!r}")
 
 
-def _split(rec: dict, validation_fraction: float, seed: int) -> str:
+def document_split(rec: dict, validation_fraction: float, seed: int) -> str:
   # By content: a document repeated under two ids (or in two files) lands in one split.
   return wordnet.split_of("\x1f".join(rec["chunks"]), validation_fraction, seed)
 
@@ -195,7 +195,7 @@ def prepare_contextual(inputs, out_dir, name: str = "contextual", validation_fra
   Every record is validated before anything is written (module docstring); preparing the same inputs with the
   same parameters again reuses the dataset, different ones into the same place is an error.
   """
-  _check(name, validation_fraction, on_error)
+  check_args(name, validation_fraction, on_error)
   files = records_lib.expand_inputs(inputs)
   params = {"kind": "contextual", "inputs": [{"path": str(f.resolve()), "bytes": f.stat().st_size} for f in files],
             "validation_fraction": validation_fraction, "seed": seed, "on_error": on_error}
@@ -206,7 +206,7 @@ def prepare_contextual(inputs, out_dir, name: str = "contextual", validation_fra
   stats: dict = {}
   split_counts = dict.fromkeys(SPLITS, 0)
   for _, _, rec in iter_contextual_records(files, on_error, stats):
-    split_counts[_split(rec, validation_fraction, seed)] += 1
+    split_counts[document_split(rec, validation_fraction, seed)] += 1
   skipped = {r: stats[r] for r in REASONS if stats.get(r)}
   log.info("%s: %d good documents (%s), skipped %s, checked in %.1f s", name, stats["records"], split_counts,
            skipped or "none", time.perf_counter() - t0)
@@ -214,8 +214,8 @@ def prepare_contextual(inputs, out_dir, name: str = "contextual", validation_fra
 
   def examples(split: str):
     for source, line, rec in iter_contextual_records(files, on_error, log_skipped=False):
-      if _split(rec, validation_fraction, seed) == split:
-        yield f"{index[source]}:{line}", _example(rec, source, line)
+      if document_split(rec, validation_fraction, seed) == split:
+        yield f"{index[source]}:{line}", example(rec, source, line)
 
   return _build(name, out_dir, params, skipped, split_counts, examples,
                 f"Contextual documents (chunks + queries with gold chunks) from {len(files)} file(s).")
@@ -225,24 +225,34 @@ def prepare_wordnet_contextual(out_dir, validation_fraction: float = 0.05, seed:
                                name: str = "wordnet_contextual", wordnet_dir=None) -> Path:
   """The WordNet contextual set (:mod:`pplx_jax.stages.contextual.wordnet_docs`) as TFDS dataset ``out_dir/name/1.0.0``,
   split by synset like the other WordNet datasets (same `validation_fraction` and `seed` = same held-out synsets)."""
-  from pplx_jax.stages.contextual import wordnet_docs
-
-  _check(name, validation_fraction)
+  check_args(name, validation_fraction)
   params = {"kind": "wordnet_contextual", "validation_fraction": validation_fraction, "seed": seed, "limit": limit}
   existing = prepared.existing_dataset(name, out_dir, params)
   if existing is not None:
     return existing
-  records = list(wordnet_docs.documents(None, validation_fraction, seed, limit, wordnet_dir))
-  split_of = {r["doc_id"]: wordnet.split_of(r["doc_id"], validation_fraction, seed) for r in records}
+  records = wordnet_contextual_records(validation_fraction, seed, limit, wordnet_dir)
   split_counts = dict.fromkeys(SPLITS, 0)
-  for s in split_of.values():
+  for s, _, _ in records:
     split_counts[s] += 1
 
   def examples(split: str):
-    for r in records:
-      if split_of[r["doc_id"]] == split:
-        yield r["doc_id"], _example(r, r["doc_id"], int(r["doc_id"].split(":")[1]))
+    for s, key, ex in records:
+      if s == split:
+        yield key, ex
 
-  return _build(name, out_dir, params, {}, split_counts, examples,
-                "WordNet 3.0 synsets as contextual documents: a title chunk naming the synset, then chunks that "
-                "only say 'it' (kind, category, definition, examples), one query per aspect.")
+  return _build(name, out_dir, params, {}, split_counts, examples, WORDNET_DESCRIPTION)
+
+
+WORDNET_DESCRIPTION = ("WordNet 3.0 synsets as contextual documents: a title chunk naming the synset, then chunks that "
+                       "only say 'it' (kind, category, definition, examples), one query per aspect.")
+
+
+def wordnet_contextual_records(validation_fraction: float, seed: int = 0, limit: int | None = None, wordnet_dir=None
+                               ) -> list[tuple[str, str, dict]]:
+  """(split, key, example) of every WordNet contextual document: what :func:`prepare_wordnet_contextual` writes,
+  and the Beam path (``stages.beam_prepare``) too."""
+  from pplx_jax.stages.contextual import wordnet_docs
+
+  return [(wordnet.split_of(r["doc_id"], validation_fraction, seed), r["doc_id"],
+           example(r, r["doc_id"], int(r["doc_id"].split(":")[1])))
+          for r in wordnet_docs.documents(None, validation_fraction, seed, limit, wordnet_dir)]

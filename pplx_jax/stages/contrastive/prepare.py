@@ -149,7 +149,7 @@ def _negatives_field(obj: Mapping, field: str, path, line: int) -> list[str] | D
   return out
 
 
-def _validate(obj, kind: str, fields: tuple[str, str, str], path, line: int) -> dict | DataError:
+def validate(obj, kind: str, fields: tuple[str, str, str], path, line: int) -> dict | DataError:
   if not isinstance(obj, Mapping):
     return DataError(path, line, "invalid_json", f"expected a JSON object, got {type(obj).__name__}")
   qf, pf, nf = fields
@@ -169,13 +169,13 @@ def _validate(obj, kind: str, fields: tuple[str, str, str], path, line: int) -> 
 
 def _jsonl_records(path: Path, kind: str, fields) -> Iterator[tuple[int, dict | DataError]]:
   for line_no, obj in records_lib.jsonl_objects(path):
-    yield line_no, obj if isinstance(obj, DataError) else _validate(obj, kind, fields, path, line_no)
+    yield line_no, obj if isinstance(obj, DataError) else validate(obj, kind, fields, path, line_no)
 
 
 def _parquet_records(path: Path, kind: str, fields) -> Iterator[tuple[int, dict | DataError]]:
   wanted = list(fields if kind == "triplet" else fields[:2])
   for row, obj in records_lib.parquet_rows(path, wanted, wanted):
-    yield row, _validate(obj, kind, fields, path, row)
+    yield row, validate(obj, kind, fields, path, row)
 
 
 def iter_pair_records(
@@ -226,17 +226,17 @@ def _skipped(stats: Mapping) -> dict:
 # TFDS builder
 
 
-def _features(kind: str) -> dict:
+def features(kind: str) -> dict:
   import tensorflow_datasets as tfds
 
-  features = {"query": tfds.features.Text(), "positive": tfds.features.Text()}
+  out = {"query": tfds.features.Text(), "positive": tfds.features.Text()}
   if kind == "triplet":
-    features["negatives"] = tfds.features.Sequence(tfds.features.Text())
-  features.update({"source": tfds.features.Text(), "line": np.int64})
-  return features
+    out["negatives"] = tfds.features.Sequence(tfds.features.Text())
+  out.update({"source": tfds.features.Text(), "line": np.int64})
+  return out
 
 
-def _check_args(name: str, validation_fraction: float, kind: str) -> None:
+def check_args(name: str, validation_fraction: float, kind: str) -> None:
   prepared.check_name(name)
   prepared.check_fraction(validation_fraction)
   if kind not in KINDS:
@@ -245,11 +245,11 @@ def _check_args(name: str, validation_fraction: float, kind: str) -> None:
 
 def _build(name: str, kind: str, out_dir, params: dict, skipped: dict, split_counts: dict,
            examples: Callable[[str], Iterator[tuple[str, dict]]], description: str) -> Path:
-  return prepared.build_dataset(name, out_dir, params, skipped, split_counts, examples, description, _features(kind),
+  return prepared.build_dataset(name, out_dir, params, skipped, split_counts, examples, description, features(kind),
                                 kind=kind)
 
 
-def _split(query: str, validation_fraction: float, seed: int) -> str:
+def query_split(query: str, validation_fraction: float, seed: int) -> str:
   return wordnet.split_of(query, validation_fraction, seed)
 
 
@@ -271,7 +271,7 @@ def prepare_pairs(
   (see the module docstring); preparing the same inputs with the same parameters again reuses the dataset.
   """
   name = name or {"pair": "pairs", "triplet": "triplets"}.get(kind, "pairs")
-  _check_args(name, validation_fraction, kind)
+  check_args(name, validation_fraction, kind)
   if on_error not in records_lib.ON_ERROR:
     raise ValueError(f"on_error must be one of {records_lib.ON_ERROR}, got {on_error!r}")
   files = records_lib.expand_inputs(inputs)
@@ -292,7 +292,7 @@ def prepare_pairs(
   stats: dict = {}
   split_counts = dict.fromkeys(SPLITS, 0)
   for _, _, rec in iter_pair_records(files, kind, on_error, stats, **fields):
-    split_counts[_split(rec["query"], validation_fraction, seed)] += 1
+    split_counts[query_split(rec["query"], validation_fraction, seed)] += 1
   skipped = _skipped(stats)
   log.info("%s: %d good records (%s), skipped %s, checked in %.1f s", name, stats.get("records", 0),
            split_counts, skipped or "none", time.perf_counter() - t0)
@@ -300,7 +300,7 @@ def prepare_pairs(
 
   def examples(split: str):
     for source, line, rec in iter_pair_records(files, kind, on_error, log_skipped=False, **fields):
-      if _split(rec["query"], validation_fraction, seed) == split:
+      if query_split(rec["query"], validation_fraction, seed) == split:
         yield f"{index[source]}:{line}", {**rec, "source": source, "line": line}
 
   description = f"{kind.capitalize()}s (query, positive{', negatives' if kind == 'triplet' else ''}) from " \
@@ -347,25 +347,38 @@ def prepare_wordnet_pairs(
   ``prepare_wordnet`` (pretraining), so validation synsets are unseen in both stages. ``source`` is the
   synset key, ``line`` its byte offset; ``limit`` keeps the first synsets (for quick tests).
   """
-  _check_args(name, validation_fraction, "pair")
+  check_args(name, validation_fraction, "pair")
   kinds = list(kinds)
   params = {"kind": "wordnet_pairs", "validation_fraction": validation_fraction, "seed": seed, "kinds": kinds,
             "limit": limit}
   existing = prepared.existing_dataset(name, out_dir, params)
   if existing is not None:
     return existing
-  records = list(wordnet_pairs(kinds, limit, wordnet_dir))
-  split_of: dict[str, str] = {}
+  records = wordnet_pair_records(kinds, validation_fraction, seed, limit, wordnet_dir)
   split_counts = dict.fromkeys(SPLITS, 0)
-  for r in records:
-    s = split_of.setdefault(r["synset"], wordnet.split_of(r["synset"], validation_fraction, seed))
+  for s, _, _ in records:
     split_counts[s] += 1
 
   def examples(split: str):
-    for i, r in enumerate(records):
-      if split_of[r["synset"]] == split:
-        yield f"{i}", {"query": r["query"], "positive": r["positive"], "source": r["synset"],
-                       "line": int(r["synset"].split(":")[1])}
+    for s, key, example in records:
+      if s == split:
+        yield key, example
 
-  description = f"WordNet 3.0 pairs ({', '.join(kinds)} -> definition), split by synset."
-  return _build(name, "pair", out_dir, params, {}, split_counts, examples, description)
+  return _build(name, "pair", out_dir, params, {}, split_counts, examples, wordnet_pairs_description(kinds))
+
+
+def wordnet_pairs_description(kinds: Sequence[str]) -> str:
+  return f"WordNet 3.0 pairs ({', '.join(kinds)} -> definition), split by synset."
+
+
+def wordnet_pair_records(kinds: Sequence[str], validation_fraction: float, seed: int = 0, limit: int | None = None,
+                         wordnet_dir=None) -> list[tuple[str, str, dict]]:
+  """(split, key, example) of every WordNet pair: what :func:`prepare_wordnet_pairs` writes, and the Beam path
+  (``stages.beam_prepare``) too."""
+  split_of: dict[str, str] = {}
+  out = []
+  for i, r in enumerate(wordnet_pairs(kinds, limit, wordnet_dir)):
+    s = split_of.setdefault(r["synset"], wordnet.split_of(r["synset"], validation_fraction, seed))
+    out.append((s, f"{i}", {"query": r["query"], "positive": r["positive"], "source": r["synset"],
+                            "line": int(r["synset"].split(":")[1])}))
+  return out

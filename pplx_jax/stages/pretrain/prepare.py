@@ -35,7 +35,7 @@ def text_split(text: str, validation_fraction: float, seed: int = 0) -> str:
   return wordnet.split_of(text, validation_fraction, seed)
 
 
-def _text_features() -> dict:
+def text_features() -> dict:
   import tensorflow_datasets as tfds
   return {"text": tfds.features.Text(), "source": tfds.features.Text(), "line": np.int64}
 
@@ -94,7 +94,7 @@ def prepare_text_dataset(
         yield f"{index[source]}:{line}", {"text": text, "source": source, "line": line}
 
   description = f"Text documents from {len(files)} file(s), field {field!r}."
-  return build_dataset(name, out_dir, params, skipped, split_counts, examples, description, _text_features())
+  return build_dataset(name, out_dir, params, skipped, split_counts, examples, description, text_features())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -122,20 +122,30 @@ def prepare_wordnet(
   existing = existing_dataset(name, out_dir, params)
   if existing is not None:
     return existing
-  synsets = []
-  for syn in wordnet.read_synsets(wordnet_dir):
-    if limit is not None and len(synsets) >= limit:
-      break
-    synsets.append(syn)
-  split_of = {s.key: wordnet.split_of(s.key, validation_fraction, seed) for s in synsets}
+  records = wordnet_records(validation_fraction, seed, limit, wordnet_dir)
   split_counts = dict.fromkeys(SPLITS, 0)
-  for split in split_of.values():
+  for split, _, _ in records:
     split_counts[split] += 1
 
   def examples(split: str):
-    for syn in synsets:
-      if split_of[syn.key] == split:
-        yield syn.key, {"text": wordnet.pretraining_text(syn), "source": syn.key, "line": syn.offset}
+    for s, key, example in records:
+      if s == split:
+        yield key, example
 
-  description = "WordNet 3.0 synsets as pretraining text: 'lemmas: definition. examples.'"
-  return build_dataset(name, out_dir, params, {}, split_counts, examples, description, _text_features())
+  return build_dataset(name, out_dir, params, {}, split_counts, examples, WORDNET_DESCRIPTION, text_features())
+
+
+WORDNET_DESCRIPTION = "WordNet 3.0 synsets as pretraining text: 'lemmas: definition. examples.'"
+
+
+def wordnet_records(validation_fraction: float, seed: int = 0, limit: int | None = None, wordnet_dir=None
+                    ) -> list[tuple[str, str, dict]]:
+  """(split, key, example) of every WordNet synset (the first `limit`, file order): what :func:`prepare_wordnet`
+  writes, and the Beam path (``stages.beam_prepare``) too."""
+  out = []
+  for syn in wordnet.read_synsets(wordnet_dir):
+    if limit is not None and len(out) >= limit:
+      break
+    out.append((wordnet.split_of(syn.key, validation_fraction, seed), syn.key,
+                {"text": wordnet.pretraining_text(syn), "source": syn.key, "line": syn.offset}))
+  return out
