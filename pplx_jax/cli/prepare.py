@@ -6,7 +6,8 @@ from __future__ import annotations
 import argparse
 import time
 
-HELP = "turn text files, pairs, triplets, contextual documents (or WordNet) into a TFDS ArrayRecord dataset"
+HELP = ("turn text files, pairs, triplets, contextual documents (or WordNet, apt descriptions, stdlib docstrings) "
+        "into a TFDS ArrayRecord dataset")
 # A bad record, a bad fraction or name, or an existing different dataset: one line, exit 2.
 USER_ERRORS = (ValueError,)
 
@@ -17,6 +18,12 @@ def add_args(parser: argparse.ArgumentParser) -> None:
                    help="text files: .txt (a document per line), .jsonl (--field), .parquet (--field column); "
                         "local paths, or gs:// URLs with --beam-runner")
   src.add_argument("--wordnet", action="store_true", help="the English WordNet glosses (apt-get install wordnet-base)")
+  src.add_argument("--apt", action="store_true",
+                   help="Debian package descriptions from /var/lib/dpkg/status and apt's lists (short -> long, "
+                        "name -> short with --pairs; same-Section hard negatives with --triplets)")
+  src.add_argument("--pydoc", action="store_true",
+                   help="docstrings of the installed Python standard library (summary -> code / rest of the "
+                        "docstring with --pairs; same-module hard negatives with --triplets)")
   kind = parser.add_mutually_exclusive_group()
   kind.add_argument("--pairs", action="store_true",
                     help="query/positive pairs {query, positive} from .jsonl/.parquet (--input), or WordNet's "
@@ -60,8 +67,27 @@ def _kind(args: argparse.Namespace) -> str:
   return kind
 
 
+def _local(args: argparse.Namespace) -> str | None:
+  return "apt" if getattr(args, "apt", False) else "pydoc" if getattr(args, "pydoc", False) else None
+
+
 def _fraction(args: argparse.Namespace) -> float:
-  return (0.05 if args.wordnet else 0.01) if args.validation_fraction is None else args.validation_fraction
+  builtin = args.wordnet or _local(args) is not None
+  return (0.05 if builtin else 0.01) if args.validation_fraction is None else args.validation_fraction
+
+
+def _prepare_local(source: str, args: argparse.Namespace):
+  """--apt / --pydoc: the local corpus's text, pairs or triplets (split by key like WordNet's by synset)."""
+  on_error = "skip" if args.skip_bad_records else "raise"
+  if args.contextual:
+    raise ValueError(f"--{source} has no contextual documents (use --wordnet --contextual or --input)")
+  if args.pairs or args.triplets:
+    from pplx_jax.stages.contrastive.prepare import prepare_local_pairs
+    return prepare_local_pairs(args.out, source, _fraction(args), args.seed, args.limit,
+                               kind="triplet" if args.triplets else "pair", name=args.name, on_error=on_error)
+  from pplx_jax.stages.pretrain.prepare import prepare_local_text
+  return prepare_local_text(args.out, [source], _fraction(args), args.seed, args.limit, name=args.name,
+                            on_error=on_error)
 
 
 def _prepare_pairs(kind: str, args: argparse.Namespace):
@@ -96,7 +122,11 @@ def run(args: argparse.Namespace) -> int:
   if kind == "wordnet_triplets" and args.name not in (None, "wordnet_triplets"):
     raise ValueError("the WordNet triplets dataset is always named wordnet_triplets (drop --name)")
   t0 = time.perf_counter()
-  if args.beam_runner:
+  if _local(args) is not None:
+    if args.beam_runner:
+      raise ValueError(f"--{_local(args)} is prepared in this process (it is small); drop --beam-runner")
+    path = _prepare_local(_local(args), args)
+  elif args.beam_runner:
     path = _prepare_on_beam(kind, args)
   elif kind in ("pair", "triplet", "wordnet_pairs", "wordnet_triplets"):
     path = _prepare_pairs(kind, args)
@@ -131,6 +161,6 @@ def run(args: argparse.Namespace) -> int:
   if skipped:
     print(f"  skipped bad records: {sum(skipped.values())} ("
           + ", ".join(f"{r}: {n}" for r, n in skipped.items()) + ")")
-  elif not args.wordnet:
+  elif not args.wordnet and _local(args) is None:
     print("  skipped bad records: 0")
   return 0

@@ -155,10 +155,37 @@ def pairs_retrieval_set(path: str | os.PathLike, split: str = "validation", max_
   return retrieval_set(records, max_queries, max_docs=max_docs, sample_seed=sample_seed)
 
 
+def local_retrieval_set(source: str, split: str = "validation", max_queries: int | None = None, *,
+                        max_docs: int | None = None, sample_seed: int = 0, validation_fraction: float = 0.05,
+                        seed: int = 0) -> tuple[list[str], list[str], list[list[int]]]:
+  """Held-out retrieval on a local corpus: ``apt`` / ``pydoc`` pairs of the `split`'s keys (the pretraining and
+  pair-training split), or ``manpages`` (every usable English man page: NAME description -> DESCRIPTION; man
+  pages are never trained on, so `split` does not apply)."""
+  if source == "manpages":
+    from pplx_jax.data.sources import manpages
+    records = list(manpages.read_pairs())
+  else:
+    from pplx_jax.data.sources import local
+    from pplx_jax.stages.contrastive.prepare import local_pairs
+    if split not in SPLITS:
+      raise ValueError(f"{source} split must be one of {SPLITS}, got {split!r}")
+    records = [r for r in local_pairs(source) if local.split_of(source, r["key"], validation_fraction, seed) == split]
+  if not records:
+    raise ValueError(f"the {source} {split} retrieval set is empty")
+  return retrieval_set(records, max_queries, max_docs=max_docs, sample_seed=sample_seed)
+
+
+LOCAL_EVAL_SOURCES = ("apt", "pydoc", "manpages")
+
+
 def load_retrieval_set(data: str, split: str = "validation", *, max_queries: int | None = None,
                        max_docs: int | None = None, sample_seed: int = 0, validation_fraction: float = 0.05,
                        seed: int = 0, kinds: Sequence[str] = ("lemma", "example")):
-  """(queries, docs, qrels) of ``--data``: "wordnet", a prepared pairs dataset, or a pairs file."""
+  """(queries, docs, qrels) of ``--data``: "wordnet", "apt", "pydoc", "manpages" (held out: evaluation only), a
+  prepared pairs dataset, or a pairs file."""
+  if data in LOCAL_EVAL_SOURCES:
+    return local_retrieval_set(data, split, max_queries, max_docs=max_docs, sample_seed=sample_seed,
+                               validation_fraction=validation_fraction, seed=seed)
   if data == "wordnet":
     return wordnet_retrieval_set(split, max_queries, max_docs=max_docs, sample_seed=sample_seed,
                                  validation_fraction=validation_fraction, seed=seed, kinds=tuple(kinds))

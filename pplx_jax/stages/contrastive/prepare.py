@@ -382,3 +382,107 @@ def wordnet_pair_records(kinds: Sequence[str], validation_fraction: float, seed:
     out.append((s, f"{i}", {"query": r["query"], "positive": r["positive"], "source": r["synset"],
                             "line": int(r["synset"].split(":")[1])}))
   return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Local corpora besides WordNet: apt's package descriptions, the standard library's docstrings
+
+LOCAL_PAIR_SOURCES = ("apt", "pydoc")
+
+
+def local_pairs(source: str, kinds: Sequence[str] | None = None, path=None, on_error: str = "raise",
+                stats: dict | None = None) -> list[dict]:
+  """``{"query", "positive", "key", "group", "kind"}`` of a local corpus (:mod:`pplx_jax.data.sources.apt`,
+  :mod:`pplx_jax.data.sources.pydoc`), all its pair kinds by default."""
+  if source == "apt":
+    from pplx_jax.data.sources import apt
+    return list(apt.retrieval_pairs(apt.read_packages(path, on_error, stats), kinds or apt.PAIR_KINDS))
+  if source == "pydoc":
+    from pplx_jax.data.sources import pydoc
+    return list(pydoc.retrieval_pairs(pydoc.read_docs(path, on_error, stats), kinds or pydoc.PAIR_KINDS))
+  raise ValueError(f"unknown local pair source {source!r}; known: {', '.join(LOCAL_PAIR_SOURCES)} (and wordnet)")
+
+
+def local_pair_records(source: str, validation_fraction: float, seed: int = 0, limit: int | None = None,
+                       kinds: Sequence[str] | None = None, path=None, on_error: str = "raise",
+                       stats: dict | None = None) -> list[tuple[str, str, dict]]:
+  """(split, key, example) of a local corpus's pairs, split by the record's key
+  (:func:`pplx_jax.data.sources.local.split_of`, the pretraining split)."""
+  from pplx_jax.data.sources import local
+  pairs = local_pairs(source, kinds, path, on_error, stats)[:limit]
+  return [(local.split_of(source, r["key"], validation_fraction, seed), f"{i}",
+           {"query": r["query"], "positive": r["positive"], "source": f"{source}:{r['key']}", "line": i})
+          for i, r in enumerate(pairs)]
+
+
+def local_triplet_records(source: str, validation_fraction: float, seed: int = 0, num_negatives: int = 3,
+                          limit: int | None = None, path=None, on_error: str = "raise", stats: dict | None = None
+                          ) -> list[tuple[str, str, dict]]:
+  """Training-split triplets of a local corpus: negatives are positives of other records of the same group (an
+  apt Section such as ``games``; a pydoc module) and pair kind, not equal to the record's own: near in topic,
+  wrong answers. Records whose group has no other positive are left out."""
+  from pplx_jax.data.sources import local
+  pairs = [r for r in local_pairs(source, None, path, on_error, stats)
+           if local.split_of(source, r["key"], validation_fraction, seed) == "train"]
+  by_group: dict[tuple[str, str], list[str]] = {}
+  for r in pairs:
+    by_group.setdefault((r["group"], r["kind"]), []).append(r["positive"])
+  rng = random.Random(seed)
+  out = []
+  for i, r in enumerate(pairs):
+    pool = by_group[(r["group"], r["kind"])]
+    # Sample from the group without building a list of all others: groups have up to thousands of members.
+    negs: list[str] = []
+    for j in rng.sample(range(len(pool)), min(len(pool), 4 * num_negatives)):
+      if pool[j] != r["positive"] and pool[j] not in negs:
+        negs.append(pool[j])
+      if len(negs) == num_negatives:
+        break
+    if not negs:
+      continue
+    out.append(("train", f"{i}", {"query": r["query"], "positive": r["positive"], "negatives": negs,
+                                  "source": f"{source}:{r['key']}", "line": i}))
+    if limit is not None and len(out) >= limit:
+      break
+  return out
+
+
+def prepare_local_pairs(out_dir, source: str, validation_fraction: float = 0.05, seed: int = 0,
+                        limit: int | None = None, kind: str = "pair", num_negatives: int = 3,
+                        kinds: Sequence[str] | None = None, name: str | None = None, on_error: str = "raise"
+                        ) -> Path:
+  """A local corpus's pairs (``kind="pair"``) or training-split triplets (``"triplet"``) as TFDS dataset
+  ``out_dir/NAME/1.0.0`` (default name ``SOURCE_pairs`` / ``SOURCE_triplets``). Pairs are split by key with the
+  pretraining split's fraction and seed; triplets use training keys only and carve a 1% in-domain check."""
+  name = name or f"{source}_{'pairs' if kind == 'pair' else 'triplets'}"
+  check_args(name, validation_fraction, kind)
+  if on_error not in records_lib.ON_ERROR:
+    raise ValueError(f"on_error must be one of {records_lib.ON_ERROR}, got {on_error!r}")
+  params = {"kind": f"{source}_{kind}", "validation_fraction": validation_fraction, "seed": seed, "limit": limit,
+            "kinds": list(kinds) if kinds else None, "on_error": on_error}
+  if kind == "triplet":
+    params["num_negatives"] = num_negatives
+  existing = prepared.existing_dataset(name, out_dir, params)
+  if existing is not None:
+    return existing
+  stats: dict = {}
+  if kind == "pair":
+    records = local_pair_records(source, validation_fraction, seed, limit, kinds, on_error=on_error, stats=stats)
+  else:
+    records = [(query_split(ex["query"], 0.01, seed), key, ex) for _, key, ex in
+               local_triplet_records(source, validation_fraction, seed, num_negatives, limit, on_error=on_error,
+                                     stats=stats)]
+  split_counts = dict.fromkeys(SPLITS, 0)
+  for s, _, _ in records:
+    split_counts[s] += 1
+  skipped = {r: n for r, n in stats.items() if r not in ("stanzas", "packages", "with_long", "files", "docs")}
+  log.info("%s: %d %ss (%s), skipped %s", name, len(records), kind, split_counts, skipped or "none")
+
+  def examples(split: str):
+    for s, key, ex in records:
+      if s == split:
+        yield key, ex
+
+  what = {"apt": "Debian package descriptions (short -> long, name -> short)",
+          "pydoc": "Python standard library docstrings (summary -> code, summary -> rest of the docstring)"}[source]
+  return _build(name, kind, out_dir, params, skipped, split_counts, examples, f"{what}, {kind}s, split by key.")

@@ -156,6 +156,11 @@ class ContrastiveTask:
         self._eval_cache = pair_evalset.wordnet_retrieval_set(
             "validation", max_queries=int(ev.max_queries), validation_fraction=float(self.cfg.data.validation_fraction),
             seed=int(self.cfg.data.split_seed), max_docs=int(ev.max_docs) if int(ev.max_docs) > 0 else None)
+      elif ev.data in pair_evalset.LOCAL_EVAL_SOURCES:
+        self._eval_cache = pair_evalset.local_retrieval_set(
+            str(ev.data), "validation", max_queries=int(ev.max_queries),
+            validation_fraction=float(self.cfg.data.validation_fraction), seed=int(self.cfg.data.split_seed),
+            max_docs=int(ev.max_docs) if int(ev.max_docs) > 0 else None)
       else:
         self._eval_cache = pair_evalset.pairs_retrieval_set(ev.data, "validation", max_queries=int(ev.max_queries))
     return self._eval_cache

@@ -25,7 +25,7 @@ from pplx_jax.data.prepared import (
   check_name,
   existing_dataset,
 )
-from pplx_jax.data.sources import wordnet
+from pplx_jax.data.sources import local, wordnet
 
 log = logging.getLogger(__name__)
 
@@ -149,3 +149,89 @@ def wordnet_records(validation_fraction: float, seed: int = 0, limit: int | None
     out.append((wordnet.split_of(syn.key, validation_fraction, seed), syn.key,
                 {"text": wordnet.pretraining_text(syn), "source": syn.key, "line": syn.offset}))
   return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Local corpora: WordNet, apt's package descriptions, the standard library's docstrings
+
+LOCAL_SOURCES = local.TRAIN_SOURCES
+LOCAL_DESCRIPTIONS = {
+    "wordnet": WORDNET_DESCRIPTION,
+    "apt": "Debian package descriptions (dpkg status, apt lists): 'package: short. long', one per distinct text.",
+    "pydoc": "Docstrings of the installed Python standard library (ast, nothing imported): 'qualname: docstring'.",
+}
+
+
+def local_text_records(source: str, validation_fraction: float, seed: int = 0, limit: int | None = None,
+                       path=None, on_error: str = "raise", stats: dict | None = None
+                       ) -> list[tuple[str, str, dict]]:
+  """(split, key, example) of one local corpus's pretraining documents (the first `limit`; `path`: WordNet's
+  directory, apt's list of files, pydoc's source root)."""
+  if source == "wordnet":
+    return wordnet_records(validation_fraction, seed, limit, path)
+  if source == "apt":
+    from pplx_jax.data.sources import apt
+    items = [(p.key, apt.pretraining_text(p), p.line)
+             for p in apt.unique_descriptions(apt.read_packages(path, on_error, stats))]
+  elif source == "pydoc":
+    from pplx_jax.data.sources import pydoc
+    seen: set[str] = set()
+    items = []
+    for d in pydoc.read_docs(path, on_error, stats):
+      if d.docstring not in seen:  # inherited copies of one docstring come once
+        seen.add(d.docstring)
+        items.append((d.key, pydoc.pretraining_text(d), d.line))
+  else:
+    raise ValueError(f"unknown local text source {source!r}; known: {', '.join(LOCAL_SOURCES)}")
+  items = items[:limit] if limit is not None else items
+  return [(local.split_of(source, key, validation_fraction, seed), f"{i}",
+           {"text": text, "source": f"{source}:{key}", "line": line}) for i, (key, text, line) in enumerate(items)]
+
+
+def prepare_local_text(
+    out_dir: str | os.PathLike,
+    sources: Sequence[str] = LOCAL_SOURCES,
+    validation_fraction: float = 0.05,
+    seed: int = 0,
+    limit: int | None = None,
+    name: str | None = None,
+    on_error: str = "raise",
+) -> Path:
+  """Pretraining text of one or several local corpora (:data:`LOCAL_SOURCES`) as one TFDS dataset
+  ``out_dir/name/1.0.0`` (default name: the sources joined by ``_``). Each record keeps its corpus's split
+  (:func:`pplx_jax.data.sources.local.split_of`), so the held-out keys of every corpus stay held out in the later
+  stages. ``limit``: the first records of each corpus. Bad apt stanzas / unparsable Python files raise, or with ``on_error="skip"`` are
+  skipped and counted in the dataset's metadata."""
+  sources = list(sources)
+  if not sources or any(s not in LOCAL_SOURCES for s in sources) or len(set(sources)) != len(sources):
+    raise ValueError(f"sources must be distinct names from {LOCAL_SOURCES}, got {sources}")
+  name = name or "_".join(sources)
+  if sources == ["wordnet"] and name == "wordnet":
+    return prepare_wordnet(out_dir, validation_fraction, seed, limit=limit)
+  check_name(name)
+  check_fraction(validation_fraction)
+  if on_error not in records_lib.ON_ERROR:
+    raise ValueError(f"on_error must be one of {records_lib.ON_ERROR}, got {on_error!r}")
+  params = {"kind": "local_text", "sources": sources, "validation_fraction": validation_fraction, "seed": seed,
+            "limit": limit, "on_error": on_error}
+  existing = existing_dataset(name, out_dir, params)
+  if existing is not None:
+    return existing
+  stats: dict = {}
+  records = []
+  for source in sources:
+    part = local_text_records(source, validation_fraction, seed, limit, on_error=on_error, stats=stats)
+    records.extend((s, f"{source}:{k}", ex) for s, k, ex in part)
+    log.info("%s: %d %s documents", name, len(part), source)
+  split_counts = dict.fromkeys(SPLITS, 0)
+  for split, _, _ in records:
+    split_counts[split] += 1
+  skipped = {r: n for r, n in stats.items() if r not in ("stanzas", "packages", "with_long", "files", "docs")}
+
+  def examples(split: str):
+    for s, key, example in records:
+      if s == split:
+        yield key, example
+
+  description = " + ".join(LOCAL_DESCRIPTIONS[s] for s in sources)
+  return build_dataset(name, out_dir, params, skipped, split_counts, examples, description, text_features())
