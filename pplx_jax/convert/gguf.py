@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from pplx_jax.convert.hf import ConversionError
+from pplx_jax.core.tokenizers import bytes_to_unicode  # noqa: F401 (also this module's API)
 
 ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM"}
 # Every type below is checked against an independent NumPy reference in tests/test_gguf.py.
@@ -457,17 +458,6 @@ def _tokenizer_config(metadata: Mapping[str, Any], spec: TokenizerSpec, path: Pa
   out["model_max_length"] = int(metadata.get(f"{metadata['general.architecture']}.context_length", 0)) or None
   out["clean_up_tokenization_spaces"] = False
   return out
-
-
-def bytes_to_unicode() -> dict[int, str]:
-  """GPT-2's byte -> printable character table (byte-level BPE spells every token in it)."""
-  keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), 256))
-  table, extra = {b: chr(b) for b in keep}, 0
-  for b in range(256):
-    if b not in table:
-      table[b] = chr(256 + extra)
-      extra += 1
-  return dict(sorted(table.items()))
 
 
 def merges_from_scores(tokens: list[str], scores: list[float]) -> list[tuple[str, str]]:

