@@ -468,16 +468,7 @@ def write_dataset(name: str, out_dir: str, features: dict, params: dict, skipped
   import tensorflow_datasets as tfds
 
   # TFDS's Beam writer raises on an empty split: the splits are known before the pipeline is built.
-  splits = [s for s in SPLITS if split_counts.get(s)]
-  if "train" not in splits:
-    raise ValueError(f"dataset {name!r}: no {unit} for the train split (split counts {split_counts}, "
-                     f"skipped {skipped or 'none'})")
-  for s in SPLITS:
-    if s not in splits:
-      log.warning("%s: the %s split is empty and is omitted", name, s)
-  metadata = {"params": params, "skipped": skipped, "split_counts": split_counts}
-  if kind is not None:
-    metadata["kind"] = kind
+  splits, metadata = prepared.splits_and_metadata(name, params, skipped, split_counts, kind, unit)
 
   def _split_generators(self, dl_manager, pipeline):  # `pipeline` in the signature: TFDS passes its Beam pipeline
     del self, dl_manager
@@ -650,9 +641,7 @@ def prepare_records(records: Sequence[tuple[str, str, dict]], out_dir: str, name
   existing = existing_dataset(name, out_dir, params)
   if existing is not None:
     return existing
-  split_counts = dict.fromkeys(SPLITS, 0)
-  for s, _, _ in records:
-    split_counts[s] += 1
+  split_counts, _ = prepared.split_records(records)
   stage = settings.stage_records
   if stage is None:
     stage = not is_local_runner(settings.runner)

@@ -92,13 +92,25 @@ def dataset_metadata(dataset_dir: str | os.PathLike) -> dict:
   return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def build_dataset(name: str, out_dir, params: dict, skipped: dict, split_counts: dict,
-                  examples: Callable[[str], Iterator[tuple[str, dict]]], description: str, features: dict,
-                  kind: str | None = None, unit: str = "records") -> Path:
-  """Write ``out_dir/name/1.0.0`` (ArrayRecord) from `examples(split)`; the non-empty splits only, train required.
-  metadata.json keeps the params (so a rerun can tell the same dataset from a different one), skip counts, split
-  sizes and, when given, the kind."""
-  dataset_dir = Path(out_dir) / name / VERSION
+def split_records(records: Sequence[tuple[str, str, dict]]) -> tuple[dict, Callable[[str], Iterator[tuple[str, dict]]]]:
+  """In-memory ``(split, key, example)`` records -> their split counts and the ``examples(split)`` generator that
+  :func:`build_dataset` takes."""
+  split_counts = dict.fromkeys(SPLITS, 0)
+  for split, _, _ in records:
+    split_counts[split] += 1
+
+  def examples(split: str):
+    for s, key, example in records:
+      if s == split:
+        yield key, example
+
+  return split_counts, examples
+
+
+def splits_and_metadata(name: str, params: dict, skipped: dict, split_counts: dict, kind: str | None,
+                        unit: str) -> tuple[list[str], dict]:
+  """The splits to write (the non-empty ones; train is required) and metadata.json's content, the same for the
+  single-process writer and the Beam one."""
   splits = [s for s in SPLITS if split_counts.get(s)]
   if "train" not in splits:
     raise ValueError(f"dataset {name!r}: no {unit} for the train split (split counts {split_counts}, "
@@ -109,6 +121,17 @@ def build_dataset(name: str, out_dir, params: dict, skipped: dict, split_counts:
   metadata = {"params": params, "skipped": skipped, "split_counts": split_counts}
   if kind is not None:
     metadata["kind"] = kind
+  return splits, metadata
+
+
+def build_dataset(name: str, out_dir, params: dict, skipped: dict, split_counts: dict,
+                  examples: Callable[[str], Iterator[tuple[str, dict]]], description: str, features: dict,
+                  kind: str | None = None, unit: str = "records") -> Path:
+  """Write ``out_dir/name/1.0.0`` (ArrayRecord) from `examples(split)`; the non-empty splits only, train required.
+  metadata.json keeps the params (so a rerun can tell the same dataset from a different one), skip counts, split
+  sizes and, when given, the kind."""
+  dataset_dir = Path(out_dir) / name / VERSION
+  splits, metadata = splits_and_metadata(name, params, skipped, split_counts, kind, unit)
   builder = builder_class(name, features)(examples=examples, splits=splits, metadata=metadata,
                                           description=description, data_dir=os.fspath(out_dir),
                                           file_format="array_record")

@@ -231,14 +231,7 @@ def prepare_wordnet_contextual(out_dir, validation_fraction: float = 0.05, seed:
   if existing is not None:
     return existing
   records = wordnet_contextual_records(validation_fraction, seed, limit, wordnet_dir)
-  split_counts = dict.fromkeys(SPLITS, 0)
-  for s, _, _ in records:
-    split_counts[s] += 1
-
-  def examples(split: str):
-    for s, key, ex in records:
-      if s == split:
-        yield key, ex
+  split_counts, examples = prepared.split_records(records)
 
   return _build(name, out_dir, params, {}, split_counts, examples, WORDNET_DESCRIPTION)
 

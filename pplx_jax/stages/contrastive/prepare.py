@@ -355,14 +355,7 @@ def prepare_wordnet_pairs(
   if existing is not None:
     return existing
   records = wordnet_pair_records(kinds, validation_fraction, seed, limit, wordnet_dir)
-  split_counts = dict.fromkeys(SPLITS, 0)
-  for s, _, _ in records:
-    split_counts[s] += 1
-
-  def examples(split: str):
-    for s, key, example in records:
-      if s == split:
-        yield key, example
+  split_counts, examples = prepared.split_records(records)
 
   return _build(name, "pair", out_dir, params, {}, split_counts, examples, wordnet_pairs_description(kinds))
 
@@ -472,16 +465,9 @@ def prepare_local_pairs(out_dir, source: str, validation_fraction: float = 0.05,
     records = [(query_split(ex["query"], 0.01, seed), key, ex) for _, key, ex in
                local_triplet_records(source, validation_fraction, seed, num_negatives, limit, on_error=on_error,
                                      stats=stats)]
-  split_counts = dict.fromkeys(SPLITS, 0)
-  for s, _, _ in records:
-    split_counts[s] += 1
+  split_counts, examples = prepared.split_records(records)
   skipped = {r: n for r, n in stats.items() if r not in ("stanzas", "packages", "with_long", "files", "docs")}
   log.info("%s: %d %ss (%s), skipped %s", name, len(records), kind, split_counts, skipped or "none")
-
-  def examples(split: str):
-    for s, key, ex in records:
-      if s == split:
-        yield key, ex
 
   what = {"apt": "Debian package descriptions (short -> long, name -> short)",
           "pydoc": "Python standard library docstrings (summary -> code, summary -> rest of the docstring)"}[source]

@@ -24,6 +24,7 @@ from pplx_jax.data.prepared import (
   check_fraction,
   check_name,
   existing_dataset,
+  split_records,
 )
 from pplx_jax.data.sources import local, wordnet
 
@@ -123,14 +124,7 @@ def prepare_wordnet(
   if existing is not None:
     return existing
   records = wordnet_records(validation_fraction, seed, limit, wordnet_dir)
-  split_counts = dict.fromkeys(SPLITS, 0)
-  for split, _, _ in records:
-    split_counts[split] += 1
-
-  def examples(split: str):
-    for s, key, example in records:
-      if s == split:
-        yield key, example
+  split_counts, examples = split_records(records)
 
   return build_dataset(name, out_dir, params, {}, split_counts, examples, WORDNET_DESCRIPTION, text_features())
 
@@ -223,15 +217,8 @@ def prepare_local_text(
     part = local_text_records(source, validation_fraction, seed, limit, on_error=on_error, stats=stats)
     records.extend((s, f"{source}:{k}", ex) for s, k, ex in part)
     log.info("%s: %d %s documents", name, len(part), source)
-  split_counts = dict.fromkeys(SPLITS, 0)
-  for split, _, _ in records:
-    split_counts[split] += 1
+  split_counts, examples = split_records(records)
   skipped = {r: n for r, n in stats.items() if r not in ("stanzas", "packages", "with_long", "files", "docs")}
-
-  def examples(split: str):
-    for s, key, example in records:
-      if s == split:
-        yield key, example
 
   description = " + ".join(LOCAL_DESCRIPTIONS[s] for s in sources)
   return build_dataset(name, out_dir, params, skipped, split_counts, examples, description, text_features())
