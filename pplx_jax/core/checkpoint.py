@@ -10,7 +10,9 @@ A run's workdir (the same layout for a training run and for a converted Hugging 
         ...                          training adds opt_state/, data_iter/, train/ (see pplx_jax.stages.trainer)
 
 Orbax writes a step to a temporary directory and renames it when complete, so `latest_step()` never returns a
-half-written step. Restoring parameters into a model is `pplx_jax.convert.load` (it needs the model definition).
+half-written step. Every file of a step then gets a CRC32C (`core.checksums`, `STEP/checksums.process_<i>.json`),
+checked before any restore: a corrupted step is refused naming the file, and training moves it to
+`WORKDIR/corrupted/<step>` and resumes from the newest good one (`newest_good_step`). Restoring parameters into a model is `pplx_jax.convert.load` (it needs the model definition).
 """
 
 from __future__ import annotations
@@ -26,10 +28,13 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from pplx_jax.core import checksums
+from pplx_jax.core.checksums import CorruptCheckpointError  # noqa: F401  (part of this module's API)
 from pplx_jax.core.errors import UserError
 from pplx_jax.core.model_config import ModelConfig
 
 CHECKPOINTS = "checkpoints"
+CORRUPTED = "corrupted"
 TOKENIZER = "tokenizer"
 
 
@@ -77,6 +82,7 @@ def resolve(path: str | os.PathLike) -> ModelSource:
   if is_hf_folder(p):
     return ModelSource("hf", p, p if has_tokenizer(p) else None)
   if is_step_dir(p):
+    checksums.verify(p)
     workdir = p.parent.parent
     tok = workdir / TOKENIZER
     return ModelSource("pplx", p, tok if has_tokenizer(tok) else None)
@@ -84,6 +90,7 @@ def resolve(path: str | os.PathLike) -> ModelSource:
     step = manager(p, create=False).latest_step()
     if step is None:
       raise CheckpointError(f"{p}: workdir has no complete checkpoint under {p / CHECKPOINTS}")
+    checksums.verify(p / CHECKPOINTS / str(step))
     tok = p / TOKENIZER
     return ModelSource("pplx", p / CHECKPOINTS / str(step), tok if has_tokenizer(tok) else None)
   raise CheckpointError(f"{p}: not a Hugging Face model folder (config.json + model.safetensors), a pplx-jax "
@@ -116,7 +123,44 @@ def save(workdir: str | os.PathLike, step: int, params: dict[str, Any], model_cf
   if own:
     mngr.wait_until_finished()
     mngr.close()
+    write_checksums(workdir, step)
   return Path(workdir) / CHECKPOINTS / str(step)
+
+
+def step_dir(workdir: str | os.PathLike, step: int) -> Path:
+  return Path(workdir) / CHECKPOINTS / str(step)
+
+
+def write_checksums(workdir: str | os.PathLike, step: int) -> None:
+  """This process's checksums of a committed step (call on every process, after the save has finished)."""
+  checksums.write(step_dir(workdir, step), jax.process_index(), jax.process_count())
+
+
+def newest_good_step(workdir: str | os.PathLike, steps, log=print) -> int | None:
+  """The newest of `steps` whose files match their checksums. Newer corrupted steps are moved (by process 0, after
+  every process has checked them) to WORKDIR/corrupted/<step>, so orbax never sees them again."""
+  from jax.experimental import multihost_utils
+
+  for step in sorted(steps, reverse=True):
+    d = step_dir(workdir, step)
+    try:
+      if not checksums.verify(d):
+        log(f"[train] checkpoint {d} has no checksums (saved by an older version, or killed before they were "
+            f"written): resuming from it unverified")
+      return step
+    except CorruptCheckpointError as e:
+      if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(f"pplx_checksums_{step}")
+      dst = Path(workdir) / CORRUPTED / str(step)
+      if jax.process_index() == 0:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if dst.exists():
+          shutil.rmtree(dst)
+        shutil.move(str(d), str(dst))
+      if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(f"pplx_quarantine_{step}")
+      log(f"[train] {e}; moved checkpoint step {step} to {dst} and looking at older steps")
+  return None
 
 
 def copy_tokenizer(src: str | os.PathLike, dst: str | os.PathLike) -> None:

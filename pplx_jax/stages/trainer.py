@@ -33,7 +33,7 @@ from pplx_jax.core.model_config import ARCHITECTURE_FIELDS, ModelConfig
 from pplx_jax.models import encoder
 from pplx_jax.stages import flops as flops_lib
 from pplx_jax.stages.metrics import MetricsWriter, Progress
-from pplx_jax.stages.optimizer import global_norm, init_sharded, make_optimizer
+from pplx_jax.stages.optimizer import global_norm, init_sharded, make_optimizer, state_shardings
 
 
 class NonFiniteLossError(RuntimeError):
@@ -105,8 +105,7 @@ def _initial_model(cfg, model_cfg: ModelConfig, mesh, rules) -> tuple[encoder.En
   if not src_cfg.lm_head and model_cfg.tie_embeddings:
     # An encoder-only checkpoint has no LM head. Training it with a head (diffusion pretraining) ties the head to the
     # input embeddings: both map between token ids and the hidden space, and a tied head adds no parameters.
-    print(f"[train] {init_from} is encoder-only (no lm_head.weight): the LM head is tied to the input embeddings",
-          flush=True)
+    _log(f"[train] {init_from} is encoder-only (no lm_head.weight): the LM head is tied to the input embeddings")
     head = {"tie_embeddings": True, "lm_head": True}
     src_cfg = src_cfg.replace(**head)
   mismatch = [f"{f}: config {getattr(model_cfg, f)} vs checkpoint {getattr(src_cfg, f)}" for f in ARCHITECTURE_FIELDS
@@ -116,10 +115,44 @@ def _initial_model(cfg, model_cfg: ModelConfig, mesh, rules) -> tuple[encoder.En
             "(model.lm_head=False)" if not src_cfg.lm_head else "")
     raise config_lib.ConfigError(f"train.init_from={init_from}: architecture differs from config.model:\n  "
                                  + "\n  ".join(mismatch) + hint)
-  runtime = {k: getattr(model_cfg, k) for k in ("attention", "attention_impl", "compute_dtype", "remat", "scan_layers",
-                                                 "param_dtype")}
+  runtime = {k: getattr(model_cfg, k) for k in RUNTIME_FIELDS}
   model, loaded_cfg, _ = load_lib.load_model(init_from, mesh=mesh, rules=rules, **runtime, **head)
   return model, loaded_cfg, src.tokenizer_dir
+
+
+def _log(msg: str) -> None:
+  print(msg, flush=True)
+
+
+def _quiet(msg: str) -> None:
+  pass
+
+
+RUNTIME_FIELDS = ("attention", "attention_impl", "compute_dtype", "remat", "scan_layers", "param_dtype")
+
+
+def _resumed_model_config(step_dir: Path, model_cfg: ModelConfig) -> ModelConfig:
+  """The model a checkpoint holds (its saved config, e.g. a head tied at init_from) run the way the current config
+  says (attention kernel, remat, dtypes may change between a run and its resumption)."""
+  saved, _ = ckpt.read_model_config(step_dir)
+  mismatch = [f"{f}: config {getattr(model_cfg, f)} vs checkpoint {getattr(saved, f)}" for f in ARCHITECTURE_FIELDS
+              if f not in ("tie_embeddings", "lm_head") and getattr(model_cfg, f) != getattr(saved, f)]
+  if mismatch:
+    raise config_lib.ConfigError(f"{step_dir}: the checkpoint to resume has another architecture than config.model:"
+                                 "\n  " + "\n  ".join(mismatch))
+  return saved.replace(**{k: getattr(model_cfg, k) for k in RUNTIME_FIELDS})
+
+
+def _abstract_train_state(model_cfg: ModelConfig, tx: optax.GradientTransformation, mesh, rules):
+  """(graphdef, params, opt_state) as ShapeDtypeStructs carrying the current mesh's shardings: a restore target."""
+  graphdef, abstract_state = nnx.split(encoder.abstract_model(model_cfg))
+  shardings = nnx.to_pure_dict(shd.param_shardings(abstract_state, mesh, rules))
+  params = jax.tree.map(lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh),
+                        nnx.to_pure_dict(abstract_state), shardings)
+  opt_sh = state_shardings(tx, params)
+  opt_state = jax.tree.map(lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh),
+                           jax.eval_shape(tx.init, params), opt_sh)
+  return graphdef, params, opt_state
 
 
 def make_train_step(task: Task, graphdef, tx: optax.GradientTransformation, schedule: optax.Schedule, seed: int):
@@ -168,7 +201,24 @@ def train(cfg: ml_collections.ConfigDict, workdir: str | Path, task_factory: Cal
     config_lib.save_config(cfg, workdir)
 
   with shd.activate(mesh, rules):
-    model, model_cfg, init_tok = _initial_model(cfg, model_cfg, mesh, rules)
+    tx, schedule = make_optimizer(cfg.optimizer, total_steps)
+    mngr = ckpt.manager(workdir, max_to_keep=int(cfg.train.keep_checkpoints),
+                        async_save=bool(cfg.train.async_checkpointing))
+    latest = None
+    if mngr.all_steps():
+      latest = ckpt.newest_good_step(workdir, mngr.all_steps(), log=_log if is_main else _quiet)
+      mngr.reload()  # quarantined steps are gone
+    if latest is not None:
+      # Resume: the model is born abstract and the checkpoint restores straight into it (no random init, no copy).
+      model_cfg = _resumed_model_config(ckpt.step_dir(workdir, latest), model_cfg)
+      graphdef, params, opt_state = _abstract_train_state(model_cfg, tx, mesh, rules)
+      init_tok = None
+    else:
+      model, model_cfg, init_tok = _initial_model(cfg, model_cfg, mesh, rules)
+      graphdef, state = nnx.split(model)
+      params = nnx.to_pure_dict(state)
+      del model, state
+      opt_state = init_sharded(tx, params)
     tok_dir = workdir / ckpt.TOKENIZER
     src_tok = str(cfg.data.get("tokenizer", "") or "") or (str(init_tok) if init_tok else "")
     if is_main and not ckpt.has_tokenizer(tok_dir):
@@ -177,32 +227,23 @@ def train(cfg: ml_collections.ConfigDict, workdir: str | Path, task_factory: Cal
       ckpt.copy_tokenizer(src_tok, tok_dir)
     task = task_factory(cfg, model_cfg, tok_dir if ckpt.has_tokenizer(tok_dir) else Path(src_tok))
 
-    graphdef, state = nnx.split(model)
-    params = nnx.to_pure_dict(state)
-    del model, state
-    tx, schedule = make_optimizer(cfg.optimizer, total_steps)
-    opt_state = init_sharded(tx, params)
     param_sh = jax.tree.map(lambda x: x.sharding, params)
     opt_sh = jax.tree.map(lambda x: x.sharding, opt_state)
 
-    mngr = ckpt.manager(workdir, max_to_keep=int(cfg.train.keep_checkpoints),
-                        async_save=bool(cfg.train.async_checkpointing))
     per_process = int(cfg.train.global_batch) // jax.process_count()
     data = task.train_data(per_process, jax.process_index(), jax.process_count())
 
     step = 0
-    latest = mngr.latest_step()
     if latest is not None:
       restored = mngr.restore(latest, args=ocp.args.Composite(
-          params=ocp.args.StandardRestore(_abstract(params)),
-          opt_state=ocp.args.StandardRestore(_abstract(opt_state)),
+          params=ocp.args.StandardRestore(params), opt_state=ocp.args.StandardRestore(opt_state),
           data_iter=ocp.args.JsonRestore(), train=ocp.args.JsonRestore()))
       params, opt_state = restored.params, restored.opt_state
       data.set_state(restored.data_iter)
       step = int(restored.train["step"])
-      print(f"[train] resumed from {workdir / ckpt.CHECKPOINTS / str(latest)} at step {step}", flush=True)
+      _log(f"[train] resumed from {ckpt.step_dir(workdir, latest)} at step {step}")
     elif cfg.train.init_from:
-      print(f"[train] starting from {cfg.train.init_from}", flush=True)
+      _log(f"[train] starting from {cfg.train.init_from}")
 
     train_step = make_train_step(task, graphdef, tx, schedule, int(cfg.train.seed))
     step_fn = None  # jitted at the first batch (its keys and ranks give the batch shardings)
@@ -219,11 +260,24 @@ def train(cfg: ml_collections.ConfigDict, workdir: str | Path, task_factory: Cal
     def model_fn():
       return nnx.merge(graphdef, nnx.State(params))
 
+    pending = []  # saved steps whose checksums are not written yet (an async save commits in the background)
+
+    def write_checksums():
+      if pending:
+        mngr.wait_until_finished()
+        for s in pending:
+          ckpt.write_checksums(workdir, s)
+        pending.clear()
+
     def save(step_to_save):
+      write_checksums()  # the previous save must be committed first anyway: orbax waits for it too
       mngr.save(step_to_save, args=ocp.args.Composite(
           params=ocp.args.StandardSave(params), opt_state=ocp.args.StandardSave(opt_state),
           model=ocp.args.JsonSave({"config": model_cfg.to_dict(), "extra": {"stage": str(cfg.get("stage", ""))}}),
           data_iter=ocp.args.JsonSave(data.get_state()), train=ocp.args.JsonSave({"step": step_to_save})))
+      pending.append(step_to_save)
+      if not cfg.train.async_checkpointing:
+        write_checksums()
 
     last = {}
     end = total_steps if stop_after is None else min(total_steps, step + int(stop_after))
@@ -270,6 +324,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str | Path, task_factory: Cal
         save(step)
     finally:
       mngr.wait_until_finished()
+      write_checksums()
       mngr.close()
       progress.close()
       writer.close()
