@@ -5,9 +5,12 @@ The multi-process runs go through launch/local.py exactly as a user would start 
 """
 
 import json
+import os
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -17,7 +20,10 @@ import pytest
 
 from pplx_jax import cli
 from pplx_jax.cli import launch
+from pplx_jax.convert import load as load_lib
+from pplx_jax.core import checkpoint as ckpt
 from pplx_jax.core import config as config_lib
+from pplx_jax.core.errors import PREEMPTED_EXIT_CODE
 from pplx_jax.core import distributed as dist
 from pplx_jax.data.records import read_jsonl
 from pplx_jax.stages import registry
@@ -236,6 +242,75 @@ def test_local_launcher_stops_all_when_one_fails(tmp_path):
   t0 = time.monotonic()
   assert launch.run_local([({}, slow), ({}, bad)], tmp_path) == 3
   assert time.monotonic() - t0 < 20
+
+
+def test_local_launcher_forwards_signals_and_preempted_exit_code(tmp_path):
+  """SIGTERM to the launcher reaches every process; each exits with 75 (preempted) and so does the launcher."""
+  child = [sys.executable, "-c", "import signal, sys, time\n"
+           "signal.signal(signal.SIGTERM, lambda *a: (print('got SIGTERM', flush=True), sys.exit(75)))\n"
+           "print('ready', flush=True)\ntime.sleep(60)"]
+  logs = [tmp_path / f"process_{i}.log" for i in range(2)]
+
+  def signal_when_ready():
+    while not all(p.exists() and "ready" in p.read_text() for p in logs):
+      time.sleep(0.05)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+  threading.Thread(target=signal_when_ready, daemon=True).start()
+  t0 = time.monotonic()
+  assert launch.run_local([({}, child), ({}, child)], tmp_path) == PREEMPTED_EXIT_CODE
+  assert time.monotonic() - t0 < 30
+  assert all("got SIGTERM" in p.read_text() for p in logs)
+
+
+def _child_pids(pid):
+  kids = []
+  for task in Path(f"/proc/{pid}/task").iterdir():
+    kids += [int(k) for k in (task / "children").read_text().split()]
+  return kids
+
+
+@pytest.mark.slow
+def test_preemption_of_one_process_stops_both_at_one_step_and_resumes_bit_identical(setup, tmp_path):
+  """SIGTERM to process 1 only: both processes agree on one step, save it, exit 75; the same command resumes and
+  ends bit-identical to an uninterrupted 2-process run."""
+  root, text, _ = setup
+  args = pretrain_args(root, text, steps=8, checkpoint_every=8)
+  ref, _ = run_two_processes(args, tmp_path / "ref", tmp_path / "ref_logs")
+  work, log_dir = tmp_path / "work", tmp_path / "logs"
+  cmd = [sys.executable, str(REPO / "launch/local.py"), "--processes", "2", "--devices", "4", "--init-timeout", "60",
+         "--log-dir", str(log_dir), "--", *args, "--workdir", str(work)]
+  proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  deadline = time.time() + 240
+  while time.time() < deadline and proc.poll() is None:
+    if losses(work) if (work / "metrics.jsonl").exists() else []:
+      break
+    time.sleep(0.05)
+  assert proc.poll() is None, "the run ended before it could be preempted"
+  victim = [pid for pid in _child_pids(proc.pid)
+            if "--process-id\x001" in Path(f"/proc/{pid}/cmdline").read_text()]
+  assert len(victim) == 1
+  os.kill(victim[0], signal.SIGTERM)
+  _, err = proc.communicate(timeout=240)
+  logs = [(log_dir / f"process_{i}.log").read_text() for i in range(2)]
+  assert proc.returncode == PREEMPTED_EXIT_CODE, (proc.returncode, err[-2000:], logs[0][-2000:], logs[1][-2000:])
+  saved = int(sorted((work / "checkpoints").iterdir(), key=lambda p: int(p.name))[-1].name)
+  assert 1 <= saved < 8 and saved == len(losses(work))
+  assert all(f"checkpoint of step {saved}" in log for log in logs), logs  # the same step on both processes
+  assert "SIGTERM" in logs[1]
+  assert sorted(p.name for p in (work / "checkpoints" / str(saved)).glob("checksums.process_*.json")) == [
+      "checksums.process_0.json", "checksums.process_1.json"]
+
+  resumed, _ = run_two_processes(args, work, log_dir)
+  assert resumed[saved:] == ref[saved:]  # the rows after the preemption, exactly
+  a, b = ckpt.params_to_numpy(restore(tmp_path / "ref")), ckpt.params_to_numpy(restore(work))
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    assert np.array_equal(x, y)
+
+
+def restore(workdir):
+  src = ckpt.resolve(workdir)
+  return load_lib.restore_params(src.path, ckpt.read_model_config(src.path)[0])
 
 
 def test_tpu_vm_dry_run(capsys):

@@ -1,7 +1,8 @@
 """Stage 1 end to end: the trainer with the diffusion task on real WordNet text.
 
 - sharded over 8 CPU devices (two mesh shapes) == one device, after a few steps;
-- SIGKILL part-way + the same command again == an uninterrupted run, bit for bit;
+- SIGTERM part-way (preemption: save the current step, exit 75), the same command again, SIGKILL part-way, and
+  the same command again == an uninterrupted run, bit for bit;
 - an interrupted (temporary) checkpoint directory is never resumed from;
 - a non-finite loss stops the run naming the step and the last good checkpoint, and saves nothing after it.
 """
@@ -21,7 +22,9 @@ import pytest
 
 from pplx_jax.convert import load as load_lib
 from pplx_jax.core import checkpoint as ckpt
+from pplx_jax.core import checksums
 from pplx_jax.core import config as config_lib
+from pplx_jax.core.errors import PREEMPTED_EXIT_CODE
 from pplx_jax.data.records import read_jsonl
 from pplx_jax.stages import registry, trainer
 from pplx_jax.stages.pretrain.task import PretrainTask
@@ -100,26 +103,45 @@ def _env():
   return env
 
 
-def test_sigkill_and_restart_is_bit_identical(data_setup, tmp_path):
+def _wait_for_step(work, proc, at_least, timeout=300):
+  """The newest step in metrics.jsonl once it reaches `at_least` (None if the run ended first)."""
+  deadline = time.time() + timeout
+  while time.time() < deadline:
+    rows = read_jsonl(work / "metrics.jsonl") if (work / "metrics.jsonl").exists() else []
+    if rows and rows[-1]["step"] >= at_least:
+      return rows[-1]["step"]
+    if proc.poll() is not None:
+      return None
+    time.sleep(0.05)
+  return None
+
+
+def test_sigterm_then_sigkill_and_restart_is_bit_identical(data_setup, tmp_path):
   _, tok, ds = data_setup
   steps = 10
   ref = tmp_path / "uninterrupted"
   subprocess.run(_train_cmd(ref, tok, ds, steps), env=_env(), check=True, capture_output=True, timeout=600)
 
+  # Preemption: SIGTERM mid-run saves the step being trained (not a checkpoint_every=3 step) and exits with 75.
   work = tmp_path / "killed"
+  proc = subprocess.Popen(_train_cmd(work, tok, ds, steps), env=_env(), stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
+  seen = _wait_for_step(work, proc, 1)
+  assert seen is not None and seen < steps, "the run finished before it could be preempted"
+  proc.send_signal(signal.SIGTERM)
+  out, err = proc.communicate(timeout=300)
+  assert proc.returncode == PREEMPTED_EXIT_CODE, (proc.returncode, err[-2000:])
+  saved = ckpt.manager(work).latest_step()
+  assert saved == read_jsonl(work / "metrics.jsonl")[-1]["step"] < steps
+  assert f"step {saved}" in err and "SIGTERM" in err
+  assert checksums.verify(ckpt.step_dir(work, saved))
+
+  # The same command again, then SIGKILL (no chance to save) past the step-6 checkpoint, and again to the end.
   proc = subprocess.Popen(_train_cmd(work, tok, ds, steps), env=_env(), stdout=subprocess.DEVNULL,
                           stderr=subprocess.DEVNULL)
-  deadline = time.time() + 300
-  killed_at = None
-  while time.time() < deadline:
-    rows = read_jsonl(work / "metrics.jsonl") if (work / "metrics.jsonl").exists() else []
-    if rows and rows[-1]["step"] >= 7:  # past the step-6 checkpoint, before the end
-      os.kill(proc.pid, signal.SIGKILL)
-      killed_at = rows[-1]["step"]
-      break
-    if proc.poll() is not None:
-      break
-    time.sleep(0.05)
+  killed_at = _wait_for_step(work, proc, 7)
+  if killed_at is not None:
+    os.kill(proc.pid, signal.SIGKILL)
   proc.wait()
   assert killed_at is not None and killed_at < steps, "the run finished before it could be killed"
   assert ocp.CheckpointManager(work / "checkpoints").latest_step() < steps

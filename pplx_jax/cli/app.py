@@ -37,9 +37,12 @@ def main(argv: list[str] | None = None) -> int:
   argv = [a for a in argv if not a.startswith("--config.")]
   args = build_parser().parse_args(argv)
   args.overrides = overrides
-  from pplx_jax.core.errors import USER_ERRORS
+  from pplx_jax.core.errors import PREEMPTED_EXIT_CODE, USER_ERRORS, Preempted
   try:
     return int(args.fn(args) or 0)
+  except Preempted as e:
+    print(f"preempted: {e}", file=sys.stderr, flush=True)
+    return PREEMPTED_EXIT_CODE
   except USER_ERRORS + tuple(args.user_errors) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2

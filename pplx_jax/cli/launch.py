@@ -18,6 +18,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Sequence
@@ -80,9 +81,26 @@ def _child_env(extra: dict) -> dict:
   return env
 
 
-def run_local(cmds: list[tuple[dict, Command]], log_dir: Path | None = None, poll_s: float = 0.2) -> int:
-  """Start every process, wait for all; if one fails, stop the others (SIGTERM, then SIGKILL) and return its code."""
+def run_local(cmds: list[tuple[dict, Command]], log_dir: Path | None = None, poll_s: float = 0.2,
+              preempt_grace_s: float = 300.0) -> int:
+  """Start every process, wait for all; if one fails, stop the others (SIGTERM, then SIGKILL) and return its code.
+
+  SIGTERM / SIGINT sent to the launcher go to every process (they agree on a step, save it and exit with
+  PREEMPTED_EXIT_CODE); a process that exits with that code gives the others `preempt_grace_s` to finish their
+  part of the same checkpoint before they are stopped, and the launcher returns that code too."""
+  from pplx_jax.core.errors import PREEMPTED_EXIT_CODE
+
   procs, files = [], []
+  forwarded = {}
+
+  def forward(signum, frame):
+    for p in procs:
+      if p.poll() is None:
+        os.killpg(p.pid, signum)
+
+  if threading.current_thread() is threading.main_thread():
+    for sig in (signal.SIGTERM, signal.SIGINT):
+      forwarded[sig] = signal.signal(sig, forward)
   try:
     for i, (extra, cmd) in enumerate(cmds):
       out = None
@@ -97,6 +115,11 @@ def run_local(cmds: list[tuple[dict, Command]], log_dir: Path | None = None, pol
       failed = [(i, c) for i, c in enumerate(codes) if c not in (None, 0)]
       if failed:
         i, code = failed[0]
+        if code == PREEMPTED_EXIT_CODE:
+          print(f"[launch] process {i} was preempted (exit code {code}); waiting for the others", file=sys.stderr,
+                flush=True)
+          _wait_all(procs, preempt_grace_s)
+          return code
         print(f"[launch] process {i} exited with code {code}; stopping the others", file=sys.stderr, flush=True)
         return code
       if all(c == 0 for c in codes):
@@ -104,8 +127,19 @@ def run_local(cmds: list[tuple[dict, Command]], log_dir: Path | None = None, pol
       time.sleep(poll_s)
   finally:
     _stop(procs)
+    for sig, old in forwarded.items():
+      signal.signal(sig, old)
     for f in files:
       f.close()
+
+
+def _wait_all(procs: list[subprocess.Popen], timeout_s: float) -> None:
+  deadline = time.monotonic() + timeout_s
+  for p in procs:
+    try:
+      p.wait(timeout=max(deadline - time.monotonic(), 0.01))
+    except subprocess.TimeoutExpired:
+      return
 
 
 def _stop(procs: list[subprocess.Popen], grace_s: float = 5.0) -> None:

@@ -4,7 +4,8 @@
 - a model born sharded (random init, or imported from a checkpoint / Hugging Face folder via `train.init_from`);
 - a train step jitted with explicit input/output shardings and buffer donation;
 - orbax checkpoints (params, opt_state, data-iterator state, step) with automatic resume from the newest complete
-  step, so a killed run started again with the same command continues bit for bit;
+  step whose checksums hold, so a killed run started again with the same command continues bit for bit;
+- SIGTERM / SIGINT (preemption): every process agrees on one step, saves it and exits with code 75;
 - metrics to JSONL + TensorBoard, a progress bar or log lines, tokens/s and MFU;
 - a non-finite loss stops the run naming the step and the last good checkpoint, and is never saved.
 """
@@ -29,6 +30,7 @@ from pplx_jax.convert import load as load_lib
 from pplx_jax.core import checkpoint as ckpt
 from pplx_jax.core import config as config_lib
 from pplx_jax.core import sharding as shd
+from pplx_jax.core.errors import Preempted
 from pplx_jax.core.model_config import ARCHITECTURE_FIELDS, ModelConfig
 from pplx_jax.models import encoder
 from pplx_jax.stages import flops as flops_lib
@@ -120,6 +122,55 @@ def _initial_model(cfg, model_cfg: ModelConfig, mesh, rules) -> tuple[encoder.En
   return model, loaded_cfg, src.tokenizer_dir
 
 
+class PreemptionWatch:
+  """SIGTERM (what a preemptible TPU VM or a scheduler sends shortly before it takes the machine) and SIGINT set a
+  flag; `agreed()` tells every process the same answer at the same step: a one-int all-gather of the flags, so one
+  process's signal stops them all at one step, whose checkpoint they then save together. A second SIGINT
+  interrupts at once (an impatient Ctrl-C). jax's `multihost_utils.reached_preemption_sync_point` needs the
+  coordination service's own preemption notifier, which only TPU runtimes feed; the all-gather works everywhere."""
+
+  SIGNALS = ("SIGTERM", "SIGINT")
+
+  def __init__(self, every: int = 1):
+    import signal
+    import threading
+
+    self.every = max(int(every), 1)
+    self.received: str | None = None
+    self._old = {}
+    if threading.current_thread() is not threading.main_thread():
+      return  # signal handlers live in the main thread; a run started elsewhere (a test thread) is not watched
+    for name in self.SIGNALS:
+      sig = getattr(signal, name)
+      self._old[sig] = signal.signal(sig, self._handle)
+
+  def _handle(self, signum, frame):
+    import signal
+    name = signal.Signals(signum).name
+    if self.received == "SIGINT" and name == "SIGINT":
+      raise KeyboardInterrupt
+    self.received = self.received or name
+    print(f"[train] {name}: saving a checkpoint at the next step every process agrees on, then exiting", flush=True)
+
+  def agreed(self, step: int) -> str | None:
+    """The signal's name if any process received one (the same answer on every process), else None."""
+    if step % self.every:
+      return None
+    if jax.process_count() == 1:
+      return self.received
+    from jax.experimental import multihost_utils
+    flags = multihost_utils.process_allgather(np.asarray(self.SIGNALS.index(self.received) + 1 if self.received
+                                                         else 0, np.int32))
+    hit = [int(f) for f in np.ravel(flags) if f]
+    return self.SIGNALS[min(hit) - 1] if hit else None
+
+  def close(self) -> None:
+    import signal
+    for sig, old in self._old.items():
+      signal.signal(sig, old)
+    self._old = {}
+
+
 def _log(msg: str) -> None:
   print(msg, flush=True)
 
@@ -189,7 +240,16 @@ def train(cfg: ml_collections.ConfigDict, workdir: str | Path, task_factory: Cal
   """Run (or resume) the stage described by `cfg` in `workdir`.
 
   `stop_after` ends after that many steps (tests, benchmarks); `devices` restricts the mesh to some devices.
+  On SIGTERM / SIGINT every process saves the step they agree on and `Preempted` is raised (exit code 75).
   """
+  watch = PreemptionWatch(int(cfg.train.get("preemption_check_every", 1) or 1))
+  try:
+    return _train(cfg, workdir, task_factory, stop_after, devices, watch)
+  finally:
+    watch.close()
+
+
+def _train(cfg, workdir, task_factory, stop_after, devices, watch: PreemptionWatch) -> TrainResult:
   workdir = Path(workdir).resolve()
   devices = list(devices) if devices is not None else jax.devices()
   model_cfg, mesh_shape, rules = validate(cfg, len(devices))
@@ -280,6 +340,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str | Path, task_factory: Cal
         write_checksums()
 
     last = {}
+    preempted = None
     end = total_steps if stop_after is None else min(total_steps, step + int(stop_after))
     if step == 0 and int(cfg.train.eval_every) > 0:  # the starting point of every held-out curve
       ev = task.evaluate(model_fn, 0)
@@ -290,6 +351,9 @@ def train(cfg: ml_collections.ConfigDict, workdir: str | Path, task_factory: Cal
     t_prev = None
     try:
       while step < end:
+        if (sig := watch.agreed(step)) is not None:
+          preempted = sig
+          break
         local = next(data)
         if step_fn is None:
           batch_sh = {k: shd.batch_sharding(mesh, rules, np.ndim(v)) for k, v in local.items()}
@@ -320,7 +384,9 @@ def train(cfg: ml_collections.ConfigDict, workdir: str | Path, task_factory: Cal
             if is_main:
               print(f"[eval] step {step}: " + " ".join(f"{k}={v:.4g}" for k, v in ev.items()), flush=True)
           t_prev = None  # do not count evaluation time as a training step
-      if step == end and step % int(cfg.train.checkpoint_every) and step != total_steps:
+      if preempted is not None and mngr.latest_step() != step:
+        save(step)
+      elif step == end and step % int(cfg.train.checkpoint_every) and step != total_steps:
         save(step)
     finally:
       mngr.wait_until_finished()
@@ -328,10 +394,13 @@ def train(cfg: ml_collections.ConfigDict, workdir: str | Path, task_factory: Cal
       mngr.close()
       progress.close()
       writer.close()
+  if preempted is not None:
+    raise Preempted(step, str(ckpt.step_dir(workdir, step)), preempted)
   return TrainResult(step=step, params=params, last_metrics=last, workdir=workdir)
 
 
 def default_train_config() -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(dict(
       steps=1000, global_batch=8, seed=0, init_from="", log_every=10, eval_every=100, checkpoint_every=100,
-      keep_checkpoints=3, async_checkpointing=True))
+      keep_checkpoints=3, async_checkpointing=True,
+      preemption_check_every=1))  # steps between the processes' agreement on a preemption signal (one tiny all-gather)
