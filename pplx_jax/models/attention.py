@@ -63,7 +63,8 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids:
                           impl: str = "auto") -> jax.Array:
   """q: [B, S, N, H]; k, v: [B, S, K, H] with N % K == 0 (grouped-query); returns [B, S, N, H].
 
-  Softmax runs in float32 whatever the compute dtype (as transformers' eager/SDPA paths do on CPU).
+  Softmax runs in float32 whatever the compute dtype (as transformers' eager/SDPA paths do on CPU). With 16-bit
+  inputs the XLA path returns float32 (float32 accumulation); the fused kernels return the input dtype.
   """
   requested, impl = impl, resolve_impl(impl, q.dtype)
   if requested == "auto" and impl == "splash" and q.shape[1] % SPLASH_MIN_BLOCK:
@@ -92,7 +93,10 @@ def _xla_attention(q, k, v, segment_ids, causal):
   mask = attention_mask(segment_ids, causal)[:, :, None]  # [B, 1, 1, S, S]
   scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
   probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype).reshape(b, kv, g * s, s)
-  out = jnp.einsum("bkqs,bksh->bkqh", probs, vt)
+  # 16-bit operands: accumulate and return float32 (a 16-bit-output dot misses XLA:CPU's fast kernels; see
+  # models/precision.py); float32 operands: the plain dot, as the parity tests pin.
+  wide = {"preferred_element_type": jnp.float32} if jnp.dtype(v.dtype).itemsize < 4 else {}
+  out = jnp.einsum("bkqs,bksh->bkqh", probs, vt, **wide)
   return out.reshape(b, kv, g, s, h).transpose(0, 3, 1, 2, 4).reshape(b, s, n, h)
 
 

@@ -23,6 +23,7 @@ from jax.ad_checkpoint import checkpoint_name
 from pplx_jax.core.model_config import ModelConfig
 from pplx_jax.core.sharding import constrain, to_dtype
 from pplx_jax.models import attention as attn_lib
+from pplx_jax.models import precision
 
 # name -> (shape function of the config, logical axes, initializer kind). Qwen3's parameters first, in the order their
 # random init draws keys (so a seed gives the same Qwen3 weights as before the other families existed).
@@ -117,19 +118,19 @@ def decoder_layer(p: dict[str, jax.Array], x: jax.Array, cos: jax.Array, sin: ja
 
   The projections run over flattened tokens [B*S, D]: with [B, S, D] operands autodiff's weight gradients contract
   two dims (b, s) and XLA:CPU materialises a transposed copy of every [B*S, F] activation gradient; with one token
-  dim each weight gradient is a plain A^T B dot (23-27% faster CPU steps, benchmarks/README.md).
+  dim each weight gradient is a plain A^T B dot (23-27% faster CPU steps, benchmarks/README.md). Every dot goes
+  through `precision.matmul`: under a 16-bit compute dtype the projections take 16-bit operands and return float32,
+  and x (the residual stream) stays float32.
   """
   cdt = to_dtype(cfg.compute_dtype)
-  w = lambda name: p[name].astype(cdt)
+  mm = lambda a, name, in_dims=1: precision.matmul(a, p[name], cdt, in_dims)
   b, s, d = x.shape
   t = b * s
   n, kv, hd = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
   h = rms_norm(x, p["input_layernorm"], cfg.rms_norm_eps).reshape(t, d)
-  q = jnp.einsum("td,dnh->tnh", h, w("q_proj"))
-  k = jnp.einsum("td,dkh->tkh", h, w("k_proj"))
-  v = jnp.einsum("td,dkh->tkh", h, w("v_proj"))
+  q, k, v = mm(h, "q_proj"), mm(h, "k_proj"), mm(h, "v_proj")
   if cfg.qkv_bias:  # Qwen2
-    q, k, v = q + w("q_bias"), k + w("k_bias"), v + w("v_bias")
+    q, k, v = q + _bias(p, "q_bias", q, cdt), k + _bias(p, "k_bias", k, cdt), v + _bias(p, "v_bias", v, cdt)
   q, k, v = q.reshape(b, s, n, hd), k.reshape(b, s, kv, hd), v.reshape(b, s, kv, hd)
   q = constrain(q, ("act_batch", "act_length", "act_heads", None))
   k = constrain(k, ("act_batch", "act_length", "act_kv_heads", None))
@@ -137,17 +138,30 @@ def decoder_layer(p: dict[str, jax.Array], x: jax.Array, cos: jax.Array, sin: ja
   if cfg.qk_norm:  # Qwen3's QK-norm: per head, over head_dim, before the rotary embedding.
     q, k = rms_norm(q, p["q_norm"], cfg.rms_norm_eps), rms_norm(k, p["k_norm"], cfg.rms_norm_eps)
   q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+  q, k, v = (precision.operand(a, cdt) for a in (q, k, v))
   a = attn_lib.dot_product_attention(q, k, v, segment_ids, causal=cfg.causal, impl=cfg.attention_impl)
   a = checkpoint_name(a, "attn_out")
-  o = jnp.einsum("tnh,nhd->td", a.reshape(t, n, hd), w("o_proj"))
+  o = mm(a.reshape(t, n, hd), "o_proj", 2)
   if cfg.o_bias:
-    o = o + w("o_bias")
-  x = constrain(x + o.reshape(b, s, d), ("act_batch", "act_length", "act_embed"))
+    o = o + _bias(p, "o_bias", o, cdt)
+  x = constrain(x + o.reshape(b, s, d).astype(x.dtype), ("act_batch", "act_length", "act_embed"))
   h = rms_norm(x, p["post_attention_layernorm"], cfg.rms_norm_eps).reshape(t, d)
-  mlp = jax.nn.silu(h @ w("gate_proj")) * (h @ w("up_proj"))
+  mlp = jax.nn.silu(mm(h, "gate_proj")) * mm(h, "up_proj")
   mlp = constrain(mlp.reshape(b, s, -1), ("act_batch", "act_length", "act_mlp"))
-  x = x + (mlp.reshape(t, -1) @ w("down_proj")).reshape(b, s, d)
+  x = x + mm(mlp.reshape(t, -1), "down_proj").reshape(b, s, d).astype(x.dtype)
   return constrain(x, ("act_batch", "act_length", "act_embed"))
+
+
+def _bias(p, name, like, cdt):
+  """A bias added to a projection's output: in the compute dtype on the float32 path (as ever), in float32 (the
+  projection's output dtype) on the mixed path."""
+  return p[name].astype(like.dtype if precision.is_mixed(cdt) else cdt)
+
+
+def residual_dtype(cfg: ModelConfig):
+  """The residual stream's dtype: float32 under mixed precision (16-bit sums of 30+ layers drift), else compute."""
+  cdt = to_dtype(cfg.compute_dtype)
+  return jnp.float32 if precision.is_mixed(cdt) else cdt
 
 
 def remat_policy(name: str):
@@ -212,7 +226,7 @@ class Encoder(nnx.Module):
     # Gather the table's embed dimension (FSDP all-gather) before the lookup, so the [B, S, D] result can be born
     # batch-sharded instead of being rematerialised from a D-sharded gather.
     table = constrain(self.embed_tokens[...], ("vocab", None))
-    x = jnp.take(table, input_ids, axis=0).astype(to_dtype(cfg.compute_dtype))
+    x = jnp.take(table, input_ids, axis=0).astype(residual_dtype(cfg))
     x = constrain(x, ("act_batch", "act_length", "act_embed"))
     cos, sin = rope_tables(positions, cfg)
 
@@ -225,7 +239,7 @@ class Encoder(nnx.Module):
     else:
       for i in range(cfg.num_layers):
         x, _ = body(x, jax.tree.map(lambda a: a[i], params))
-    return rms_norm(x, self.norm[...], cfg.rms_norm_eps)
+    return rms_norm(x, self.norm[...], cfg.rms_norm_eps).astype(to_dtype(cfg.compute_dtype))
 
   def lm_head_weight(self) -> jax.Array:
     """[D, V] output projection (the transposed embedding when tied)."""

@@ -35,6 +35,7 @@ import jax
 import jax.numpy as jnp
 
 from pplx_jax.core.sharding import constrain
+from pplx_jax.models import precision
 
 T_SAMPLERS = ("iid", "stratified", "count")
 WEIGHTINGS = ("elbo", "none")
@@ -226,7 +227,7 @@ def _chunk_ce(logits: jax.Array, targets: jax.Array, score: jax.Array, cfg: Diff
   # target logit by a fused compare-select-reduce (no gather along a possibly vocab-sharded axis)
   target_logit = jnp.sum(jnp.where(iota == targets[..., None], logits, 0.0), axis=-1)
   ce = jnp.where(score, lse - target_logit, 0.0)
-  correct = (jnp.argmax(logits, axis=-1).astype(jnp.int32) == targets) & score
+  correct = (target_logit >= jnp.max(logits, axis=-1)) & score  # as the fused path counts it (no argmax pass)
   return ce, correct
 
 
@@ -337,19 +338,30 @@ def _fused_ce_fwd(hidden, w, targets, coeff, score, cfg):
       a = jnp.pad(a, [(0, 0), (0, pad)] + [(0, 0)] * (a.ndim - 2), constant_values=value)
     return jnp.moveaxis(a.reshape((b, n_chunks, chunk) + a.shape[2:]), 1, 0)
 
-  wc = w.astype(hidden.dtype)
+  mixed = precision.is_mixed(hidden.dtype)
+  wc = precision.row_major(w.astype(hidden.dtype)) if mixed else w.astype(hidden.dtype)
 
   def body(dw, args):
     x, tg, cf, sc = args
-    logits = _masked_logits(jnp.einsum("bcd,dv->bcv", x, wc, preferred_element_type=jnp.float32), cfg)
+    rows = x.shape[:2]
+    if mixed:  # 2-D dots over flattened tokens, the weight gradient in the fast layout (models/precision.py)
+      logits = precision.dot(x.reshape(-1, d), wc).reshape(rows + (vocab,))
+    else:
+      logits = jnp.einsum("bcd,dv->bcv", x, wc, preferred_element_type=jnp.float32)
+    logits = _masked_logits(logits, cfg)
     m = jnp.max(logits, axis=-1, keepdims=True)
     e = jnp.exp(logits - m)
     z = jnp.sum(e, axis=-1, keepdims=True)
     onehot = jax.lax.broadcasted_iota(jnp.int32, logits.shape, 2) == tg[..., None]
     target_logit = jnp.sum(jnp.where(onehot, logits, 0.0), axis=-1)
     ce = jnp.where(sc, (m + jnp.log(z))[..., 0] - target_logit, 0.0)
-    correct = (jnp.argmax(logits, axis=-1).astype(jnp.int32) == tg) & sc
+    # "the target is a largest logit" from the max already at hand (an argmax is one more pass over [B, C, V])
+    correct = (target_logit >= m[..., 0]) & sc
     dlogits = (cf[..., None] * (e / z - onehot.astype(jnp.float32))).astype(x.dtype)
+    if mixed:
+      dl = dlogits.reshape(-1, vocab)
+      dx = precision.dot(dl, wc, (1, 1)).astype(x.dtype).reshape(x.shape)
+      return dw + precision.weight_grad(x.reshape(-1, d), dl), (ce, correct, dx)
     dx = jnp.einsum("bcv,dv->bcd", dlogits, wc, preferred_element_type=jnp.float32).astype(x.dtype)
     # one contracting token dim (b*c): a plain A^T B dot that reads both operands in place
     dw = dw + jnp.einsum("td,tv->dv", x.reshape(-1, d), dlogits.reshape(-1, vocab),
@@ -367,6 +379,11 @@ def _fused_ce_fwd(hidden, w, targets, coeff, score, cfg):
   unchunk = lambda a: jnp.moveaxis(a, 0, 1).reshape((b, n_chunks * chunk) + a.shape[3:])[:, :length]
   ce, correct, dx = unchunk(ce), unchunk(correct), unchunk(dx)
   out = (jnp.sum(ce * coeff), jnp.sum(ce), jnp.sum(correct, dtype=jnp.float32))
+  if mixed:
+    # A tied head's gradient is transposed back to the table's [V, D] after this; XLA would fold that transpose into
+    # the one-chunk weight-gradient dot as a 16-bit dot its CPU runtime cannot execute ("Unsupported element type
+    # for DotThunk"). The barrier keeps the dot as written (a 113 MB float32 transpose at SmolLM2's vocabulary).
+    dw = jax.lax.optimization_barrier(dw)
   return out, (dx, dw.astype(w.dtype))
 
 
