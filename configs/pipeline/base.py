@@ -15,8 +15,12 @@ def stage(config: str, init_from: str = "", overrides=()) -> ml_collections.Conf
 
 def base(configs: dict, pretrain_init: str = "", triplet_overrides=()) -> ml_collections.ConfigDict:
   p = ml_collections.ConfigDict()
-  # tokenizer.path: a folder with tokenizer.json (Qwen3's); "" trains a BPE tokenizer of vocab_size on WordNet.
-  p.tokenizer = ml_collections.ConfigDict(dict(path="", vocab_size=4096))
+  # tokenizer.path: a folder with tokenizer.json (Qwen3's); from_model: a model path (GGUF, HF folder, checkpoint)
+  # whose own tokenizer is copied; both "": train a BPE tokenizer of vocab_size on WordNet.
+  p.tokenizer = ml_collections.ConfigDict(dict(path="", from_model="", vocab_size=4096))
+  # The start model evaluated before any training, one row per "attention+pooling" (e.g. "causal+last",
+  # "bidirectional+mean"): what each stage is measured against. model "" = no zero-shot rows.
+  p.zero_shot = ml_collections.ConfigDict(dict(model="", rows=()))
   p.data_dir = ""  # "" = <workdir>/data
   p.stages = ml_collections.ConfigDict()
   p.stages.pretrain = stage(configs["pretrain"], pretrain_init)

@@ -265,6 +265,32 @@ def _check_k(k) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
+# Noise of a difference between two systems on the same queries
+
+
+def paired_bootstrap(a, b, num_resamples: int = 10_000, confidence: float = 0.95, seed: int = 0
+                     ) -> dict[str, float]:
+  """Paired bootstrap over queries of mean(a) - mean(b), where a[i] and b[i] are two systems' per-query metric on
+  the same query i (`ndcg_at_k(..., per_query=True)`). Queries are resampled with replacement, the same draw for
+  both systems, so query difficulty, shared by both, cancels. Returns {"diff": the observed difference, "low",
+  "high": the percentile interval at `confidence`, "p_le_0": the fraction of resampled differences <= 0 (a one-sided
+  p-value for "a is better than b")}."""
+  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+  if a.ndim != 1 or a.shape != b.shape or not len(a):
+    raise EvalError(f"paired_bootstrap needs two equal-length 1-D per-query arrays, got {a.shape} and {b.shape}")
+  if not 0.0 < confidence < 1.0:
+    raise EvalError(f"confidence must be in (0, 1), got {confidence}")
+  if num_resamples < 1:
+    raise EvalError(f"num_resamples must be positive, got {num_resamples}")
+  d = a - b
+  idx = np.random.default_rng(seed).integers(0, len(d), size=(int(num_resamples), len(d)))
+  means = d[idx].mean(axis=1)
+  tail = (1.0 - confidence) / 2.0
+  low, high = np.quantile(means, [tail, 1.0 - tail])
+  return {"diff": float(d.mean()), "low": float(low), "high": float(high), "p_le_0": float(np.mean(means <= 0.0))}
+
+
+# ---------------------------------------------------------------------------------------------
 # Embeddings -> scores table
 
 

@@ -40,12 +40,26 @@ from pplx_jax.recipe.plan import (
 
 
 def prepare_tokenizer(plan: Plan) -> None:
-  """Train the tiny pipeline's BPE tokenizer on the WordNet corpus (a pod pipeline names Qwen3's instead)."""
+  """Train the tiny pipeline's BPE tokenizer on the WordNet corpus (a pod pipeline names Qwen3's instead; a pipeline
+  from pretrained weights takes the model's own, `tokenizer.from_model`)."""
   if plan.cfg.tokenizer.path:
     if not plan.tokenizer.exists():
       raise FileNotFoundError(f"tokenizer.path={plan.tokenizer} does not exist")
     return
   if (plan.tokenizer / "tokenizer.json").is_file():
+    return
+  source = str(plan.cfg.tokenizer.get("from_model", "") or "")
+  if source:
+    from pplx_jax.convert import load as load_lib
+    from pplx_jax.core import checkpoint as ckpt
+    tok_dir = load_lib.resolve_model(source).tokenizer_dir
+    if tok_dir is None:
+      raise ConfigError(f"tokenizer.from_model={source}: no tokenizer files found beside the model")
+    tmp = plan.tokenizer.with_name(plan.tokenizer.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    ckpt.copy_tokenizer(tok_dir, tmp)
+    tmp.replace(plan.tokenizer)
+    log(f"tokenizer: the model's own, from {source}")
     return
   from pplx_jax.core.tokenizers import train_byte_level_bpe
   from pplx_jax.data.sources import wordnet
@@ -146,9 +160,16 @@ def _eval_sets(plan: Plan):
   return retrieval_set, contextual_set
 
 
-def evaluate_model(plan: Plan, name: str, sets) -> dict:
-  """Retrieval metrics (every dtype and Matryoshka prefix) and, for mean-pooled models, late chunking vs chunks
-  alone on the contextual set. Embeddings use the model's own pooling: the causal + last-token ablation differs."""
+# The per-query metric kept for paired bootstraps (the report's confidence intervals of differences).
+PER_QUERY = "ndcg@10"
+
+
+def evaluate_model(plan: Plan, name: str, sets, path: str | None = None, pooling: str | None = None,
+                   attention: str | None = None, contextual_eval: bool = True) -> dict:
+  """Retrieval metrics (every dtype and Matryoshka prefix), per-query float32 nDCG@10 and, for mean-pooled models,
+  late chunking vs chunks alone on the contextual set. Embeddings use the model's own pooling (the causal +
+  last-token ablation differs) unless `pooling` / `attention` say otherwise (the zero-shot rows: the start model
+  used as a decoder or as an encoder); `path` defaults to the stage's model."""
   from pplx_jax.core import sharding as shd
   from pplx_jax.eval import contextual
   from pplx_jax.eval import metrics as eval_metrics
@@ -156,22 +177,43 @@ def evaluate_model(plan: Plan, name: str, sets) -> dict:
   from pplx_jax.inference.embed import embed_with_model
   ev = plan.cfg.eval
   (queries, docs, qrels), ctx = sets
+  pooling = pooling or plan.pooling(name)
   t0 = time.time()
-  model, _, tok, mesh, rules = inference_load.load(str(plan.model_dir(name)))
+  model, _, tok, mesh, rules = inference_load.load(path or str(plan.model_dir(name)), attention=attention)
   out: dict[str, Any] = {"retrieval": {}}
   with shd.activate(mesh, rules):
-    emb = embed_with_model(model, tok, list(queries) + list(docs), plan.pooling(name), int(ev.max_length),
-                           int(ev.batch_size))
+    emb = embed_with_model(model, tok, list(queries) + list(docs), pooling, int(ev.max_length), int(ev.batch_size))
     for dt in ev.dtypes:
       out["retrieval"].update(eval_metrics.retrieval_scores(emb[:len(queries)], emb[len(queries):], qrels,
                                                             tuple(ev.ks), str(dt), _dims(plan)))
-    if ctx is not None and plan.pooling(name) == "mean":
+    out["per_query"] = {PER_QUERY: _per_query_ndcg10(emb[:len(queries)], emb[len(queries):], qrels)}
+    if contextual_eval and ctx is not None and pooling == "mean":
       cq, cdocs, cqrels = ctx
       out["contextual"] = contextual.evaluate_with_model(
           model, tok, cq, cdocs, cqrels, list(ev.dtypes), (None,), tuple(ev.ks), batch_size=int(ev.batch_size),
           max_length=int(ev.max_length), multiple=mesh.size)
   out["seconds"] = round(time.time() - t0, 1)
   return out
+
+
+def _per_query_ndcg10(q: np.ndarray, d: np.ndarray, qrels) -> list[float]:
+  from pplx_jax.eval import metrics as eval_metrics
+  return _per_query_from_scores(eval_metrics.similarity(q, d, "float32"), qrels)
+
+
+def _per_query_from_scores(scores: np.ndarray, qrels) -> list[float]:
+  from pplx_jax.eval import metrics as eval_metrics
+  return [float(x) for x in eval_metrics.ndcg_at_k(scores, qrels, 10, per_query=True)]
+
+
+def zero_shot_rows(plan: Plan) -> list[tuple[str, str, str]]:
+  """(row name, attention, pooling) of every zero-shot row: the start model evaluated before any training."""
+  rows = []
+  zero_shot = plan.cfg.get("zero_shot", None)
+  for spec in (zero_shot.rows if zero_shot is not None else ()):
+    attention, _, pooling = str(spec).partition("+")
+    rows.append((f"zero-shot {spec}", attention, pooling))
+  return rows
 
 
 def evaluate_baselines(plan: Plan, sets) -> dict:
@@ -193,7 +235,8 @@ def evaluate_baselines(plan: Plan, sets) -> dict:
 
   out: dict[str, dict] = {}
   if "bm25" in ev.baselines:
-    out["BM25"] = {"retrieval": bm25(queries, docs, qrels, "")}
+    out["BM25"] = {"retrieval": bm25(queries, docs, qrels, ""),
+                   "per_query": {PER_QUERY: _per_query_from_scores(baselines.bm25_scores(queries, docs), qrels)}}
     if ctx is not None:
       cq, cdocs, cqrels = ctx
       # BM25 sees each chunk alone (its non-contextual row) and each chunk with its whole document's words.
@@ -203,7 +246,8 @@ def evaluate_baselines(plan: Plan, sets) -> dict:
   if "minilm" in ev.baselines:
     path = baselines.minilm_path()
     emb = baselines.sentence_transformer_embeddings(path, list(queries) + list(docs))
-    out["MiniLM-L6-v2"] = {"retrieval": dense(emb, len(queries), qrels, "")}
+    out["MiniLM-L6-v2"] = {"retrieval": dense(emb, len(queries), qrels, ""),
+                           "per_query": {PER_QUERY: _per_query_ndcg10(emb[:len(queries)], emb[len(queries):], qrels)}}
     if ctx is not None:  # MiniLM has no late chunking: chunks alone only
       cq, _, cqrels = ctx
       emb = baselines.sentence_transformer_embeddings(path, list(cq) + chunks)
@@ -261,7 +305,14 @@ def run_eval(plan: Plan, done: dict[str, dict], export: dict[str, Path]) -> dict
     sets = sets or _eval_sets(plan)
     return sets
 
-  results: dict[str, Any] = {"models": {}}
+  results: dict[str, Any] = {"models": {}, "zero_shot": {}}
+  start = str(plan.cfg.zero_shot.model) if "zero_shot" in plan.cfg else ""
+  for row, attention, pooling in zero_shot_rows(plan):
+    results["zero_shot"][row] = _cached(
+        ev_dir / f"{row.replace(' ', '_').replace('+', '_')}.json",
+        {"model": start, "attention": attention, "pooling": pooling, "eval": ev_inputs}, row,
+        lambda: evaluate_model(plan, row, eval_sets(), path=start, pooling=pooling, attention=attention,
+                               contextual_eval=False))
   for name in plan.models:
     results["models"][name] = _cached(ev_dir / f"{name}.json", {"model": digest(done[name]), "eval": ev_inputs},
                                       name, lambda: evaluate_model(plan, name, eval_sets()))

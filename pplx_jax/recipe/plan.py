@@ -53,6 +53,15 @@ class Plan:
     self.cfg, self.work = cfg, workdir
     self.data_dir = Path(cfg.data_dir) if cfg.data_dir else workdir / "data"
     self.tokenizer = Path(cfg.tokenizer.path) if cfg.tokenizer.path else workdir / "tokenizer"
+    if cfg.tokenizer.path and cfg.tokenizer.get("from_model", ""):
+      raise ConfigError("set tokenizer.path or tokenizer.from_model, not both")
+    zero_shot = cfg.get("zero_shot", None)
+    for spec in (zero_shot.rows if zero_shot is not None else ()):
+      attention, _, pooling = str(spec).partition("+")
+      if attention not in ("causal", "bidirectional") or pooling not in ("mean", "last"):
+        raise ConfigError(f"zero_shot.rows has {spec!r}; each row is 'causal|bidirectional' + '+' + 'mean|last'")
+    if zero_shot is not None and zero_shot.rows and not str(zero_shot.model):
+      raise ConfigError("zero_shot.rows are set but zero_shot.model (the start model to evaluate) is empty")
     self.order = [str(s) for s in cfg.order]
     unknown = [s for s in self.order if s not in cfg.stages]
     if unknown:

