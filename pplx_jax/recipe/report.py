@@ -133,7 +133,7 @@ def model_mode(plan, name: str) -> str:
 
 
 def _per_query(results: dict, name: str):
-  from pplx_jax.recipe.pipeline import PER_QUERY
+  from pplx_jax.recipe.plan import PER_QUERY
   for group in ("models", "zero_shot", "baselines"):
     res = results.get(group, {}).get(name)
     if res is not None:
