@@ -1,6 +1,6 @@
 """Stage 2 from real weights: pairs (WordNet lemma / example -> definition) from the diffusion-pretrained SmolLM2.
 `smollm2.py:causal_last` is the paper's ablation switch; `smollm2.py:local` adds apt and stdlib-docstring pairs.
-A pretrained 135M model moves fast: 20 steps at 1e-4 with a short warmup, τ 0.05."""
+A pretrained 135M model moves fast: 20 steps at 3e-4 with a short warmup, τ 0.05."""
 
 from configs.contrastive.base import apply_variant, base
 from configs.model import smollm2_135m as model
@@ -21,7 +21,9 @@ def get_config(variant: str = "bidirectional_mean"):
   cfg.objective.use_qq = False
   cfg.objective.matryoshka_dims = (64, 128, -1)
   cfg.objective.matryoshka_weights = (0.25, 0.25, 1.0)
-  cfg.optimizer.lr = 1e-4
+  # Measured from the diffusion-pretrained start, 20 steps (held-out nDCG@10 float32 / int8): 1e-4 0.075 / 0.142,
+  # 3e-4 0.093 / 0.165; float32 without int8 QAT (1e-4) 0.092 / 0.119.
+  cfg.optimizer.lr = 3e-4
   cfg.optimizer.warmup_steps = 2
   cfg.train.steps = 20
   cfg.train.global_batch = 32
