@@ -59,6 +59,14 @@ CPU_SHAPES = (
          batch=8, seq=128),
 )
 
+# Real model sizes on CPU (--preset smollm2 / qwen3-0.6b-cut). The SmolLM2-135M shape (30 layers, hidden 576, 9/3 heads,
+# head_dim 64, MLP 1536, vocab 49152) runs as a Qwen3 block on both sides (+ per-head q/k RMSNorm, 3,840 params).
+SMOLLM2 = dict(name="smollm2-135m-b16-s128", hidden=576, layers=30, heads=9, kv_heads=3, head_dim=64, mlp=1536,
+               vocab=49_152, batch=16, seq=128)
+QWEN3_0_6B_CUT = dict(name="qwen3-0.6b-4layers-b8-s128", hidden=1024, layers=4, heads=16, kv_heads=8, head_dim=128,
+                      mlp=3072, vocab=151_936, batch=8, seq=128)
+CPU_PRESETS = {"cpu": CPU_SHAPES, "smollm2": (SMOLLM2,), "qwen3-0.6b-cut": (QWEN3_0_6B_CUT,)}
+
 # configs/model/qwen3_0_6b.py (Qwen/Qwen3-0.6B-Base)
 QWEN3_0_6B = dict(name="qwen3-0.6b", hidden=1024, layers=28, heads=16, kv_heads=8, head_dim=128, mlp=3072,
                   vocab=151_936, batch=4, seq=4096)
@@ -94,7 +102,7 @@ SWEEP = (
 def parse_args(argv=None):
   ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                formatter_class=argparse.RawDescriptionHelpFormatter)
-  ap.add_argument("--preset", choices=("cpu", "qwen3-0.6b"), default="cpu")
+  ap.add_argument("--preset", choices=tuple(CPU_PRESETS) + ("qwen3-0.6b",), default="cpu")
   ap.add_argument("--steps", type=int, default=None, help="timed steps per framework (cpu 5, gpu 10)")
   ap.add_argument("--warmup", type=int, default=None, help="untimed steps after compilation (cpu 1, gpu 2)")
   ap.add_argument("--json", default="", help="write the results here")
@@ -122,6 +130,10 @@ def parse_args(argv=None):
   ap.add_argument("--unstack", choices=("true", "false"), default=None,
                   help="with --scan false: split the stacked layer params once (lax.unstack) instead of indexing")
   ap.add_argument("--dtype", choices=("float32", "bfloat16"), default=None, help="JAX compute dtype")
+  ap.add_argument("--dtypes", default="", help="comma-separated compute dtypes, one row each (e.g. float32,bfloat16); "
+                  "torch runs in the same precision (bf16 autocast), the matmul peak too")
+  ap.add_argument("--profile", action="store_true",
+                  help="print a per-op summary of one JAX step per row (jax.profiler trace: XLA ops by time)")
   # shape overrides (e.g. a small smoke test of the GPU preset on CPU)
   for name in ("batch", "seq", "layers", "hidden", "vocab"):
     ap.add_argument(f"--{name}", type=int, default=None)
@@ -489,7 +501,8 @@ class JaxMatmul:
   def __init__(self, n, dtype):
     self.n, self.flops = n, 2.0 * n**3
     self.a = jnp.asarray(np.random.RandomState(0).standard_normal((n, n)), jnp.dtype(dtype))
-    self.f = jax.jit(lambda x: x @ x)
+    # 16-bit: float32 accumulation and output, as the library's dots (models/precision.py)
+    self.f = jax.jit(lambda x: jnp.dot(x, x, preferred_element_type=jnp.float32))
     self.f(self.a).block_until_ready()
 
   def __call__(self):
@@ -558,11 +571,67 @@ def round_robin(runners: dict, steps: int, warmup: int) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# Where time goes
+
+
+def op_category(name: str) -> str:
+  """XLA:CPU thunk name -> what it is (ynn_fusion = a dot fused by XLA's YNNPACK path)."""
+  base = name.split(".")[0]
+  if base.startswith("ynn_fusion") or base.startswith("dot") or base == "custom-call":
+    return "dot (matmul)"
+  if "transpose" in base or base.startswith("copy"):
+    return "copy / transpose"
+  if "exponential" in base or "reduce" in base or "select" in base:
+    return "softmax / CE / select"
+  if base.startswith("while") or base.startswith("conditional") or base.startswith("call"):
+    return "control flow (loop bookkeeping)"
+  if base.startswith("wrapped_broadcast") or "pad" in base or "dynamic" in base:
+    return "stacking (broadcast, pad, dynamic slices)"
+  if "fusion" in base or base.startswith("wrapped"):
+    return "other elementwise fusions"
+  return "other"
+
+
+def profile_step(step, top: int = 12) -> str:
+  """One step under jax.profiler; XLA op durations summed by category and the top ops (wall time, one thread's
+  view: ops on the two cores overlap, so the sum can exceed the step)."""
+  import collections
+  import glob
+  import gzip
+  import tempfile
+
+  step()  # compiled and warm
+  with tempfile.TemporaryDirectory() as d:
+    t = time.perf_counter()
+    with jax.profiler.trace(d):
+      step()
+    wall = time.perf_counter() - t
+    events = json.load(gzip.open(glob.glob(f"{d}/**/*.trace.json.gz", recursive=True)[0]))["traceEvents"]
+  by_op, count = collections.Counter(), collections.Counter()
+  for e in events:
+    name = e.get("name", "")
+    if e.get("ph") != "X" or name.startswith("$") or "::" in name or " " in name or "(" in name:
+      continue  # python frames, executor spans, host reads
+    by_op[name] += e["dur"] / 1e6
+    count[name] += 1
+  by_cat = collections.Counter()
+  for name, sec in by_op.items():
+    by_cat[op_category(name)] += sec
+  total = sum(by_op.values()) or 1.0
+  lines = [f"step {1e3 * wall:.0f} ms under the profiler; XLA ops {1e3 * total:.0f} ms in all", "",
+           "| category | ms | share |", "|---|---:|---:|"]
+  lines += [f"| {c} | {1e3 * sec:.0f} | {100 * sec / total:.0f}% |" for c, sec in by_cat.most_common()]
+  lines += ["", "| op | calls | ms | share |", "|---|---:|---:|---:|"]
+  lines += [f"| {n} | {count[n]} | {1e3 * sec:.0f} | {100 * sec / total:.1f}% |" for n, sec in by_op.most_common(top)]
+  return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # Main
 
 
 def resolve_opts(args) -> dict:
-  opts = dict(CPU_DEFAULTS if args.preset == "cpu" else GPU_DEFAULTS)
+  opts = dict(CPU_DEFAULTS if args.preset in CPU_PRESETS else GPU_DEFAULTS)
   if args.scan is not None:
     opts["scan"] = args.scan == "true"
   if args.unstack is not None:
@@ -576,13 +645,13 @@ def resolve_opts(args) -> dict:
 
 
 def resolve_shapes(args) -> list[dict]:
-  if args.preset == "cpu":
-    shapes = [dict(s) for s in CPU_SHAPES]
+  if args.preset in CPU_PRESETS:
+    shapes = [dict(s) for s in CPU_PRESETS[args.preset]]
     if args.shapes:
       keep = set(args.shapes.split(","))
       shapes = [s for s in shapes if s["name"] in keep]
       if not shapes:
-        raise SystemExit(f"--shapes {args.shapes}: none of {[s['name'] for s in CPU_SHAPES]}")
+        raise SystemExit(f"--shapes {args.shapes}: none of {[s['name'] for s in CPU_PRESETS[args.preset]]}")
   else:
     shapes = [dict(QWEN3_0_6B)]
   for s in shapes:
@@ -645,7 +714,9 @@ def main(args):
     torch.set_num_threads(os.cpu_count() or 1)
   device = "cuda" if gpu else "cpu"
   sizes = [int(n) for n in (args.matmul_n or ("8192" if gpu else "1024,2048")).split(",") if n]
-  peak_dtype = "bfloat16" if (gpu and opts["dtype"] == "bfloat16") else "float32"
+  dtypes = [d for d in args.dtypes.split(",") if d] or [opts["dtype"]]
+  # the peak of the precision each row computes in (CPU: float32 and bf16 rows; GPU: the spec sheet's bf16)
+  peak_of = lambda dt: dt if (dt == "bfloat16" or not gpu) else "float32"
 
   print(f"# machine: {describe_machine()}; jax {jax.__version__} ({jax.default_backend()})"
         + (f", torch {torch.__version__} ({torch.get_num_threads()} threads), transformers {transformers.__version__}"
@@ -656,11 +727,14 @@ def main(args):
   if args.check:
     check_variant(shapes[0], opts)
 
-  best_peaks = matmul_peaks(sizes, peak_dtype, with_torch=use_torch, device=device)
+  best_peaks = {dt: matmul_peaks(sizes, peak_of(dt), with_torch=use_torch, device=device) for dt in dtypes}
   spec_peak = flops_lib.device_peak_flops() if gpu else None
   results = []
   sequential = gpu or args.sequential
-  for shape in (shapes[:1] if args.sweep else shapes):
+  base_opts = opts
+  for shape, dtype in [(sh, dt) for sh in (shapes[:1] if args.sweep else shapes) for dt in dtypes]:
+    opts = dict(base_opts, dtype=dtype)
+    peak_dtype = peak_of(dtype)
     batch = make_batch(shape)
     variants = [("jax", {})]
     if args.sweep:
@@ -697,15 +771,17 @@ def main(args):
       assert js.num_params == expected_params, (js.num_params, expected_params)
       runners[label] = js
       info[label] = dict(opts=o, compile_s=js.compile_s)
-      print(f"[compile] {shape['name']} {label}: {js.compile_s:.1f}s", flush=True)
+      print(f"[compile] {shape['name']} {dtype} {label}: {js.compile_s:.1f}s", flush=True)
     first = runners[variants[0][0]]
+    profile = profile_step(first) if args.profile else None
     if use_torch and not sequential:
       runners.update(add_torch())  # CPU: interleaved with the JAX steps, so both see the same machine load
     # the matmul peak, timed between the steps (same load as the steps); the best-of peaks are printed as well
     runners["jax matmul"] = JaxMatmul(max(sizes), peak_dtype)
     timing.update(round_robin({k: v for k, v in runners.items() if k not in timing}, steps, warmup))
     flops_step = flops_lib.train_flops_per_token(first.cfg, shape["seq"], lm_head=True) * shape["batch"] * shape["seq"]
-    row = dict(shape=shape, num_params=first.num_params, model_flops_per_step=flops_step, notes=notes,
+    row = dict(shape=shape, dtype=dtype, num_params=first.num_params, model_flops_per_step=flops_step, notes=notes,
+               profile=profile,
                load_average=load_average(), wall_s=time.perf_counter() - t0, runs={}, matmul={})
     for name, tm in timing.items():
       if name.endswith("matmul"):
@@ -722,12 +798,13 @@ def main(args):
     j = row["runs"][variants[0][0]]
     t = row["runs"].get("torch")
     mm_txt = ", ".join(f"{k} {v['flops_per_s'] / 1e9:.1f}" for k, v in row["matmul"].items())
-    print(f"[{shape['name']}] " + ", ".join(f"{k}: {1e3 * v['median_s']:.0f} ms/step" for k, v in row["runs"].items())
+    print(f"[{shape['name']} {dtype}] " + ", ".join(f"{k}: {1e3 * v['median_s']:.0f} ms/step" for k, v in row["runs"].items())
           + (f"; ratio jax/torch {j['steps_per_s'] / t['steps_per_s']:.2f}" if t else "")
           + f"; matmul {mm_txt} GFLOP/s; load {row['load_average']}", flush=True)
     runners = timing = None
 
-  best_peaks = merge_peaks(best_peaks, matmul_peaks(sizes, peak_dtype, with_torch=use_torch, device=device))
+  best_peaks = {dt: merge_peaks(best_peaks[dt], matmul_peaks(sizes, peak_of(dt), with_torch=use_torch, device=device))
+                for dt in dtypes}
   peak_name = "spec peak (MFU)" if spec_peak else "matmul peak"
   lines = []
   if args.sweep:
@@ -744,34 +821,48 @@ def main(args):
                    f"{r['flops_per_s'] / 1e12:.4f} | "
                    f"{pct(r['fraction_of_peak'])} |")
   else:
-    lines.append(f"| shape | params | jax steps/s | torch steps/s | ratio jax/torch | jax TFLOP/s | "
+    lines.append(f"| shape | dtype | params | jax steps/s | torch steps/s | ratio jax/torch | jax TFLOP/s | "
                  f"jax % of {peak_name} "
                  f"| torch TFLOP/s | torch % of {peak_name} | matmul peak jax / torch (TFLOP/s) |")
-    lines.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    lines.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for row in results:
       j, t = row["runs"]["jax"], row["runs"].get("torch")
       mm = row["matmul"]
       lines.append(
-          f"| {row['shape']['name']} | {row['num_params'] / 1e6:.1f}M | {j['steps_per_s']:.3f} | "
+          f"| {row['shape']['name']} | {row['dtype']} | {row['num_params'] / 1e6:.1f}M | {j['steps_per_s']:.3f} | "
           f"{fmt(t and t['steps_per_s'], '.3f')} | {fmt(t and j['steps_per_s'] / t['steps_per_s'], '.2f')} | "
           f"{j['flops_per_s'] / 1e12:.4f} | {pct(j['fraction_of_peak'])} | "
           f"{fmt(t and t['flops_per_s'] / 1e12, '.4f')} | "
           f"{pct(t and t['fraction_of_peak'])} | "
           f"{mm['jax']['flops_per_s'] / 1e12:.4f} / "
           f"{fmt(mm.get('torch') and mm['torch']['flops_per_s'] / 1e12, '.4f')} |")
+    by = {(r["shape"]["name"], r["dtype"]): r for r in results}
+    for name in dict.fromkeys(r["shape"]["name"] for r in results):
+      lo, hi = by.get((name, "bfloat16")), by.get((name, "float32"))
+      if lo and hi:
+        sp = lambda r, k: r["runs"][k]["steps_per_s"] if k in r["runs"] else None
+        tj, tt = sp(lo, "jax") / sp(hi, "jax"), (sp(lo, "torch") / sp(hi, "torch") if sp(hi, "torch") else None)
+        lines.append(f"\n{name}: bf16 / float32 steps/s: jax {tj:.2f}x" + (f", torch {tt:.2f}x" if tt else ""))
+  for row in results:
+    if row.get("profile"):
+      lines.append(f"\nper-op profile of one JAX step, {row['shape']['name']} {row['dtype']}:\n")
+      lines.append(row["profile"])
   print()
   print("\n".join(lines))
   print()
-  print(f"matmul peak = median of one {peak_dtype} {max(sizes)}x{max(sizes)} matmul timed between the steps; "
-        f"best-of peaks before/after (n={sizes}): JAX {best_peaks['jax'] / 1e12:.4f} TFLOP/s"
-        + (f", torch {best_peaks['torch'] / 1e12:.4f} TFLOP/s" if best_peaks.get("torch") else "")
-        + (f"; spec peak {spec_peak / 1e12:.0f} TFLOP/s" if spec_peak else ""))
+  for dt in dtypes:
+    bp = best_peaks[dt]
+    print(f"matmul peak = median of one {peak_of(dt)} {max(sizes)}x{max(sizes)} matmul timed between the steps; "
+          f"best-of peaks before/after (n={sizes}): JAX {bp['jax'] / 1e12:.4f} TFLOP/s"
+          + (f", torch {bp['torch'] / 1e12:.4f} TFLOP/s" if bp.get("torch") else "")
+          + (f"; spec peak {spec_peak / 1e12:.0f} TFLOP/s" if spec_peak else ""))
   print(f"load average at the end: {load_average()}")
 
   if args.json:
     out = dict(machine=describe_machine(), backend=jax.default_backend(), jax=jax.__version__,
                torch=torch.__version__ if HAVE_TORCH else None, xla_flags=os.environ.get("XLA_FLAGS", ""),
-               preset=args.preset, steps=steps, warmup=warmup, jax_opts=opts, best_matmul_peak=best_peaks,
+               preset=args.preset, steps=steps, warmup=warmup, jax_opts=base_opts, dtypes=dtypes,
+               best_matmul_peak=best_peaks,
                spec_peak=spec_peak, results=results, table="\n".join(lines), sweep=bool(args.sweep))
     with open(args.json, "w") as f:
       json.dump(out, f, indent=1, default=str)
