@@ -801,7 +801,9 @@ def main(args):
     print(f"[{shape['name']} {dtype}] " + ", ".join(f"{k}: {1e3 * v['median_s']:.0f} ms/step" for k, v in row["runs"].items())
           + (f"; ratio jax/torch {j['steps_per_s'] / t['steps_per_s']:.2f}" if t else "")
           + f"; matmul {mm_txt} GFLOP/s; load {row['load_average']}", flush=True)
-    runners = timing = None
+    runners = timing = first = js = None  # free this row's steps before the next row builds its own
+    import gc
+    gc.collect()
 
   best_peaks = {dt: merge_peaks(best_peaks[dt], matmul_peaks(sizes, peak_of(dt), with_torch=use_torch, device=device))
                 for dt in dtypes}

@@ -60,10 +60,10 @@ def weight_grad(x: jax.Array, g: jax.Array) -> jax.Array:
 
 
 def _unfused_transposed(x, g):
-  # Both branches give x.T; the conditional only keeps XLA from fusing the transposing copy with x's producer (XLA
-  # drops optimization barriers on CPU). The predicate is runtime data so that it is not folded away.
+  # Both branches are the same copy; the conditional only keeps XLA from fusing the transposing copy with x's
+  # producer (XLA drops optimization barriers on CPU). The predicate is runtime data so that it is not folded away.
   pred = jnp.isfinite(g[0, 0])
-  return jax.lax.cond(pred, _transposed, jnp.transpose, x)
+  return jax.lax.cond(pred, _transposed, _transposed, x)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
