@@ -212,8 +212,13 @@ def test_shortened_pipeline_from_real_weights(shortened_run):
   for stage in ("pair", "contextual", "triplet", "merged", "ablation_causal_last"):
     assert f"| {stage} | zero-shot " in report, stage
   parity = json.loads((ev / "parity.json").read_text())["results"]
-  # float32 torch vs XLA through 30 layers, on unnormalised mean-pooled states of magnitude ~10: measured 1.1e-3
-  assert parity["max_abs_embedding_diff"] < 5e-3
+  # float32 torch vs XLA through 30 layers, on unnormalised mean-pooled states (norms up to ~40): measured max |Δ| 8.0e-3,
+  # largest relative difference per text 2.8e-4, median 1e-6. That largest one is float32 itself: against the same
+  # export run in float64 by torch, torch float32 is off by 1.3e-4 and pplx-jax by 1.5e-4 on that text (WordNet
+  # validation, 'made grainy or formed into granules'), the median of either 1-2e-6.
+  print("parity:", {k: v for k, v in parity.items() if k.endswith("_embedding_diff")})
+  assert parity["max_rel_embedding_diff"] < 1e-3
+  assert parity["median_rel_embedding_diff"] < 2e-5
   assert abs(parity["sentence-transformers"] - parity["pplx-jax"]) < 1e-3
 
 

@@ -320,8 +320,10 @@ def write_pipeline_report(plan, results: dict) -> Path:
         lines.append(f"| {k} | {results['parity'][k]:.6f} |")
     if "max_abs_embedding_diff" in results["parity"]:
       lines += ["", "Largest absolute difference between the sentence-transformers embeddings and pplx-jax's of the "
-                f"same texts: {results['parity']['max_abs_embedding_diff']:.2e} (mteb reports scores rounded to 5 "
-                "digits)."]
+                f"same texts: {results['parity']['max_abs_embedding_diff']:.2e}"
+                + (f" (largest relative, per text: {results['parity']['max_rel_embedding_diff']:.2e})"
+                   if "max_rel_embedding_diff" in results["parity"] else "")
+                + "; mteb reports scores rounded to 5 digits."]
     lines.append("")
 
   lines += ["## Config", "", "```json", (work / "pipeline_config.json").read_text().strip(), "```", "",
