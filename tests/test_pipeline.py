@@ -48,6 +48,9 @@ def test_plan_resolves_every_stage_against_the_workdir(tmp_path):
     (lambda c: setattr(c.eval, "models", ("pair", "finetuned")), "finetuned"),
     (lambda c: setattr(c.stages.pair, "overrides", ("--config.train.stepz=3",)), "stage 'pair'"),
     (lambda c: setattr(c.merge, "t", 1.5), "merge.t"),
+    (lambda c: setattr(c.tokenizer, "corpus", "wordnet+manpages"), "manpages.*held out for evaluation"),
+    (lambda c: setattr(c.tokenizer, "corpus", "wordnet+wikipedia"), "unknown corpus .*wikipedia"),
+    (lambda c: setattr(c.tokenizer, "corpus", "apt+apt"), "a corpus named twice"),
 ])
 def test_plan_rejects_configs_that_cannot_work(tmp_path, edit, message):
   cfg = _tiny()

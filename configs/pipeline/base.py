@@ -16,8 +16,9 @@ def stage(config: str, init_from: str = "", overrides=()) -> ml_collections.Conf
 def base(configs: dict, pretrain_init: str = "", triplet_overrides=()) -> ml_collections.ConfigDict:
   p = ml_collections.ConfigDict()
   # tokenizer.path: a folder with tokenizer.json (Qwen3's); from_model: a model path (GGUF, HF folder, checkpoint)
-  # whose own tokenizer is copied; both "": train a BPE tokenizer of vocab_size on WordNet.
-  p.tokenizer = ml_collections.ConfigDict(dict(path="", from_model="", vocab_size=4096))
+  # whose own tokenizer is copied; both "": train a BPE tokenizer of vocab_size on the training split of `corpus`
+  # (local corpora joined by "+").
+  p.tokenizer = ml_collections.ConfigDict(dict(path="", from_model="", vocab_size=4096, corpus="wordnet"))
   # The start model evaluated before any training, one row per "attention+pooling" (e.g. "causal+last",
   # "bidirectional+mean"): what each stage is measured against. model "" = no zero-shot rows.
   p.zero_shot = ml_collections.ConfigDict(dict(model="", rows=()))

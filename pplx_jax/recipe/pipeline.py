@@ -40,8 +40,16 @@ from pplx_jax.recipe.plan import (
 # Steps
 
 
+def tokenizer_texts(names, validation_fraction: float = 0.05, seed: int = 0) -> list[str]:
+  """The training split's pretraining documents of the local corpora `names` (Plan.tokenizer_corpus): what the tiny
+  pipeline's tokenizer is trained on (held-out keys stay unseen, as in every stage)."""
+  from pplx_jax.stages.pretrain.prepare import local_text_records
+  return [ex["text"] for name in names for split, _, ex in local_text_records(name, validation_fraction, seed)
+          if split == "train"]
+
+
 def prepare_tokenizer(plan: Plan) -> None:
-  """Train the tiny pipeline's BPE tokenizer on the WordNet corpus (a pod pipeline names Qwen3's instead; a pipeline
+  """Train the tiny pipeline's BPE tokenizer on `tokenizer.corpus` (a pod pipeline names Qwen3's instead; a pipeline
   from pretrained weights takes the model's own, `tokenizer.from_model`)."""
   if plan.cfg.tokenizer.path:
     if not plan.tokenizer.exists():
@@ -63,12 +71,15 @@ def prepare_tokenizer(plan: Plan) -> None:
     log(f"tokenizer: the model's own, from {source}")
     return
   from pplx_jax.core.tokenizers import train_byte_level_bpe
-  from pplx_jax.data.sources import wordnet
-  corpus = plan.data_dir / "wordnet.txt"
+  data = plan.stage_cfgs[plan.order[0]].data if plan.order else None
+  split = dict(validation_fraction=float(data.validation_fraction), seed=int(data.split_seed)) if data else {}
+  texts = tokenizer_texts(plan.tokenizer_corpus, **split)
+  corpus_name = "+".join(plan.tokenizer_corpus)
+  corpus = plan.data_dir / "tokenizer_corpus.txt"
   corpus.parent.mkdir(parents=True, exist_ok=True)
-  texts = list(wordnet.pretraining_texts())
   corpus.write_text("\n".join(t.replace("\n", " ") for t in texts) + "\n")
-  log(f"training a byte-level BPE tokenizer ({plan.cfg.tokenizer.vocab_size} ids) on {len(texts)} WordNet texts")
+  log(f"training a byte-level BPE tokenizer ({plan.cfg.tokenizer.vocab_size} ids) on {len(texts)} {corpus_name} "
+      "texts (training split)")
   tmp = plan.tokenizer.with_name(plan.tokenizer.name + ".tmp")
   shutil.rmtree(tmp, ignore_errors=True)
   train_byte_level_bpe([str(corpus)], tmp, vocab_size=int(plan.cfg.tokenizer.vocab_size))

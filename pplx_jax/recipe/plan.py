@@ -43,6 +43,22 @@ def read_json(path: Path) -> Any:
   return json.loads(path.read_text())
 
 
+def tokenizer_corpus(tok_cfg) -> tuple[str, ...]:
+  """The local corpora `tokenizer.corpus` names ("wordnet+apt+pydoc"), checked: training corpora only, each once."""
+  from pplx_jax.data.sources import local
+  spec = str(tok_cfg.get("corpus", "wordnet"))
+  names = tuple(spec.split("+"))
+  held_out = [n for n in names if n in local.EVAL_ONLY]
+  if held_out:
+    raise ConfigError(f"tokenizer.corpus={spec!r} names {held_out}, which is held out for evaluation and never "
+                      f"trained on; use corpora from {list(local.TRAIN_SOURCES)} joined by '+'")
+  bad = [n for n in names if n not in local.TRAIN_SOURCES]
+  if bad or len(set(names)) != len(names):
+    raise ConfigError(f"tokenizer.corpus={spec!r}: " + (f"unknown corpus {bad}" if bad else "a corpus named twice")
+                      + f"; expected distinct names from {list(local.TRAIN_SOURCES)} joined by '+'")
+  return names
+
+
 # ---------------------------------------------------------------------------------------------
 # Plan: every stage's resolved config, checked before anything runs.
 
@@ -56,6 +72,7 @@ class Plan:
     self.tokenizer = Path(cfg.tokenizer.path) if cfg.tokenizer.path else workdir / "tokenizer"
     if cfg.tokenizer.path and cfg.tokenizer.get("from_model", ""):
       raise ConfigError("set tokenizer.path or tokenizer.from_model, not both")
+    self.tokenizer_corpus = tokenizer_corpus(cfg.tokenizer)
     zero_shot = cfg.get("zero_shot", None)
     for spec in (zero_shot.rows if zero_shot is not None else ()):
       attention, _, pooling = str(spec).partition("+")
