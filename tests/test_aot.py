@@ -67,6 +67,20 @@ def test_budget_flag_turns_a_fit_into_a_failure(capsys):
   assert code == 3 and "DOES NOT FIT" in out and "> 0 GiB" in out
 
 
+def test_remat_sweep_chooses_the_fastest_policy_that_fits(capsys, tmp_path):
+  out_json = tmp_path / "sweep.json"
+  code, out = _run(capsys, "--config", TINY_PRETRAIN, "--topology", "v5e:2x2", "--remat-sweep", "none,full",
+                   "--json", str(out_json))
+  assert code == 0, out
+  r = json.loads(out_json.read_text())
+  by = {x["remat"]: x for x in r["reports"]}
+  assert set(by) == {"none", "full"} and all(x["fits"] for x in by.values())
+  assert by["none"]["temp_gib"] != by["full"]["temp_gib"]  # each compile took its own policy
+  timed = {k: v["xla_seconds"] for k, v in by.items() if v["xla_seconds"]}
+  assert r["choice"] == (min(timed, key=timed.get) if timed else min(by, key=lambda k: by[k]["total_gib"]))
+  assert f"choice: remat={r['choice']}" in out
+
+
 def test_topology_names():
   assert aot.resolve_topology("v5p-128") == ("v5p:4x4x4", "v5p")  # v5p names count TensorCores: 64 chips
   assert aot.resolve_topology("v6e-256") == ("v6e:16x16", "v6e")

@@ -15,6 +15,20 @@ def run(args) -> int:
   from pplx_jax.stages.aot import AotError, compile_stage, format_report
 
   cfg = config_lib.load_config(args.config, args.overrides)
+  if args.remat_sweep:
+    from pplx_jax.stages.aot import format_sweep, remat_sweep, sweep_line
+    policies = tuple(p for p in args.remat_sweep.split(",") if p) if args.remat_sweep != "all" else None
+    try:
+      reports, best = remat_sweep(cfg, args.topology, budget_gib=args.budget_gib, config_name=str(args.config),
+                                  policies=policies, on_report=lambda r: print(sweep_line(r), flush=True))
+    except AotError as e:
+      raise config_lib.ConfigError(str(e)) from None
+    print(format_sweep(reports, best), flush=True)
+    if args.json:
+      with open(args.json, "w") as f:
+        json.dump({"reports": [dataclasses.asdict(r) | {"verdict": r.verdict()} for r in reports],
+                   "choice": best.remat if best else None}, f, indent=2)
+    return 0 if best else 3
   try:
     report = compile_stage(cfg, args.topology, budget_gib=args.budget_gib, config_name=str(args.config))
   except AotError as e:
@@ -33,3 +47,6 @@ def add_args(p) -> None:
   p.add_argument("--budget-gib", type=float, default=None,
                  help="HBM per chip the step must fit in (default: the chip's capacity, e.g. 95 for v5p)")
   p.add_argument("--json", default="", help="also write the report here")
+  p.add_argument("--remat-sweep", nargs="?", const="all", default="",
+                 help="compile once per remat policy (all, or a comma list such as full,dots) and choose the "
+                      "fastest that fits by XLA's estimate")

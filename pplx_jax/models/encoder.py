@@ -174,6 +174,33 @@ def remat_policy(name: str):
   }[name]
 
 
+@jax.custom_vjp
+def embed_lookup(table: jax.Array, ids: jax.Array) -> jax.Array:
+  """`table[ids]` whose gradient is born sharded like the table's parameter (vocab, embed).
+
+  The plain lookup's transpose scatters into an unsharded [V, D] buffer (the gathered table's layout): for Qwen3-0.6B
+  in the contrastive step that is [151936, 1024] float32 buffers on every chip. Constraining the scatter's output
+  to the parameter's sharding lets XLA reduce-scatter instead (`pplx-jax aot`, 0.6B contrastive on v5p-64: see
+  docs/aot.md)."""
+  return jnp.take(table, ids, axis=0)
+
+
+def _embed_lookup_fwd(table, ids):
+  # a [V, 0] array carries the table's row count and dtype (static) at no memory cost
+  return jnp.take(table, ids, axis=0), (ids, jnp.zeros((table.shape[0], 0), table.dtype))
+
+
+def _embed_lookup_bwd(res, g):
+  ids, like = res
+  grad = jnp.zeros((like.shape[0], g.shape[-1]), g.dtype)
+  grad = constrain(grad, ("vocab", "embed"))
+  grad = grad.at[ids.reshape(-1)].add(g.reshape(-1, g.shape[-1]))
+  return constrain(grad, ("vocab", "embed")).astype(like.dtype), None
+
+
+embed_lookup.defvjp(_embed_lookup_fwd, _embed_lookup_bwd)
+
+
 def _param(key, shape, names, kind, dtype):
   if kind == "ones":
     value = jnp.ones(shape, dtype)
@@ -226,7 +253,7 @@ class Encoder(nnx.Module):
     # Gather the table's embed dimension (FSDP all-gather) before the lookup, so the [B, S, D] result can be born
     # batch-sharded instead of being rematerialised from a D-sharded gather.
     table = constrain(self.embed_tokens[...], ("vocab", None))
-    x = jnp.take(table, input_ids, axis=0).astype(residual_dtype(cfg))
+    x = embed_lookup(table, input_ids).astype(residual_dtype(cfg))
     x = constrain(x, ("act_batch", "act_length", "act_embed"))
     cos, sin = rope_tables(positions, cfg)
 

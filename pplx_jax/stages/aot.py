@@ -207,6 +207,40 @@ def compile_stage(cfg, topology: str, budget_gib: float | None = None, config_na
 # ---- output ----
 
 
+def remat_sweep(cfg, topology: str, budget_gib: float | None = None, config_name: str = "",
+                policies: tuple[str, ...] | None = None, on_report=None) -> tuple[list[Report], Report | None]:
+  """Compile the step once per remat policy; the choice is the fastest by XLA's time estimate among those that fit
+  (the estimate counts loop bodies once, but the policies share one loop structure, so it ranks them; without an
+  estimate the smallest fitting program is chosen)."""
+  from pplx_jax.core.model_config import REMAT_POLICIES
+
+  reports = []
+  for policy in policies or REMAT_POLICIES:
+    c = cfg.copy_and_resolve_references()
+    c.model.remat = policy
+    reports.append(compile_stage(c, topology, budget_gib=budget_gib, config_name=config_name))
+    if on_report:  # a v5p cell compiles for minutes per policy: report each as it comes
+      on_report(reports[-1])
+  fitting = [r for r in reports if r.fits]
+  if not fitting:
+    return reports, None
+  timed = [r for r in fitting if r.xla_seconds]
+  best = min(timed, key=lambda r: r.xla_seconds) if timed else min(fitting, key=lambda r: r.total_gib)
+  return reports, best
+
+
+def format_sweep(reports: list[Report], best: Report | None) -> str:
+  lines = ["remat sweep (per chip: total HBM / budget, XLA's step-time estimate):"]
+  lines += [sweep_line(r, best is not None and r is best) for r in reports]
+  lines.append(f"choice: remat={best.remat}" if best else "choice: none fits")
+  return "\n".join(lines)
+
+
+def sweep_line(r: Report, chosen: bool = False) -> str:
+  return (f"  {r.remat:<24} {r.total_gib:7.2f} / {r.budget_gib:.0f} GiB  {'fits' if r.fits else 'DOES NOT FIT'}  "
+          f"XLA {_secs(r.xla_seconds) if r.xla_seconds else 'n/a'}{'  <- chosen' if chosen else ''}")
+
+
 def _gib(x):
   if x is None:
     return "n/a"
