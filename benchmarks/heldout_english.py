@@ -3,6 +3,7 @@
 
     python benchmarks/heldout_english.py --run runs/pipeline [--seeds 5] [--json out.json]   # ~2 min on 2 cores
     python benchmarks/heldout_english.py --seeds 5        # the random-init rows and baselines only (no run)
+    python benchmarks/heldout_english.py --seeds 0 --no-minilm --model CKPT [--model CKPT2]   # checkpoints alone
 
 The set is `pplx-jax eval --data manpages`: every usable English man page under /usr/share/man (Debian's man pages
 are held out from all training), query = the NAME line's description ("list directory contents"), document = the
@@ -71,6 +72,8 @@ def embed_in_memory(model, tok, texts, max_length: int, batch_size: int) -> np.n
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   p.add_argument("--run", default=None, help="a tiny pipeline workdir (its stages, export and tokenizer)")
+  p.add_argument("--model", action="append", default=[],
+                 help="also score this model (any path checkpoint.resolve takes; repeatable)")
   p.add_argument("--seeds", type=int, default=5, help="random-init seeds per tokenizer")
   p.add_argument("--model-config", default="configs/model/tiny.py",
                  help="model config of the random-init rows when there is no --run (with --run: the run's export)")
@@ -131,6 +134,8 @@ def main(argv=None) -> int:
                                          max_length=args.max_length))
     row("run: export/hf", embed_texts(str(run / "export" / "hf"), texts, batch_size=args.batch_size,
                                       max_length=args.max_length))
+  for path in args.model:
+    row(f"model: {path}", embed_texts(path, texts, batch_size=args.batch_size, max_length=args.max_length))
   for name, tok in toks.items():
     cfg = model_cfg.replace(vocab_size=QWEN3_VOCAB if name == "qwen3" else tok.vocab_size)
     if name == "own" and run is not None:
@@ -147,7 +152,7 @@ def main(argv=None) -> int:
     row("all-MiniLM-L6-v2", baselines.sentence_transformer_embeddings(baselines.minilm_path(), texts))
 
   summary = {}
-  for name in toks:
+  for name in (toks if args.seeds else ()):
     vals = np.array([results[f"random init, {name} tokenizer, seed {s}"]["ndcg@10"] for s in range(args.seeds)])
     summary[f"random init, {name} tokenizer"] = {"mean": float(vals.mean()), "sd": float(vals.std(ddof=1))
                                                  if len(vals) > 1 else 0.0, "n": int(len(vals))}
