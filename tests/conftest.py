@@ -42,3 +42,14 @@ def wordnet_tokenizer(tmp_path_factory, wordnet_corpus):
   """A Qwen3-style byte-level BPE trained on real WordNet text."""
   from pplx_jax.core.tokenizers import train_byte_level_bpe
   return train_byte_level_bpe([str(wordnet_corpus)], tmp_path_factory.mktemp("tok"), vocab_size=512)
+
+
+@pytest.fixture(scope="session")
+def gcs_server():
+  """A real GCS API on loopback (fake-gcs-server, in memory); sets STORAGE_EMULATOR_HOST for this process and its
+  subprocesses, so every gs:// path of pplx-jax goes there."""
+  from gcs_server import GCSServer
+  with GCSServer() as server:
+    from pplx_jax.core import paths
+    paths.configure_gcs()
+    yield server

@@ -9,6 +9,11 @@ import json
 HELP = "compile a stage's train step for a TPU topology on this machine: HBM, FLOPs, fit"
 
 
+def _json_out(path):
+  from pplx_jax.core import paths
+  return paths.as_path(path).open("w")  # local or gs://
+
+
 def run(args) -> int:
   """`pplx-jax aot`: exit 0 when the step fits, 3 when it does not (2 for config errors, via the CLI)."""
   from pplx_jax.core import config as config_lib
@@ -25,7 +30,7 @@ def run(args) -> int:
       raise config_lib.ConfigError(str(e)) from None
     print(format_sweep(reports, best), flush=True)
     if args.json:
-      with open(args.json, "w") as f:
+      with _json_out(args.json) as f:
         json.dump({"reports": [dataclasses.asdict(r) | {"verdict": r.verdict()} for r in reports],
                    "choice": best.remat if best else None}, f, indent=2)
     return 0 if best else 3
@@ -35,7 +40,7 @@ def run(args) -> int:
     raise config_lib.ConfigError(str(e)) from None
   print(format_report(report), flush=True)
   if args.json:
-    with open(args.json, "w") as f:
+    with _json_out(args.json) as f:
       json.dump(dataclasses.asdict(report) | {"verdict": report.verdict()}, f, indent=2)
   return 0 if report.fits else 3
 

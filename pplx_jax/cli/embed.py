@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 HELP = "embed texts with a model"
 DTYPES = ("float32", "int8", "binary", "ubinary", "sign")  # models.quantize.EMBEDDING_DTYPES (no NumPy for --help)
 
@@ -29,6 +27,7 @@ def add_args(p) -> None:
 def run(args) -> int:
   import numpy as np
 
+  from pplx_jax.core import paths
   from pplx_jax.core.errors import UserError
   from pplx_jax.inference import contextual, embed
 
@@ -45,8 +44,13 @@ def run(args) -> int:
                             compute_dtype=args.compute_dtype, progress=True)
     what = "rows"
   out = embed.finalize(emb, args.dtype, args.dim)
-  Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-  np.save(args.output, out)
+  dst = paths.as_path(args.output)  # local or gs://
+  dst.parent.mkdir(parents=True, exist_ok=True)
+  if paths.is_url(dst):
+    with dst.open("wb") as f:
+      np.save(f, out)
+  else:
+    np.save(args.output, out)  # (adds .npy to a name without it, as before)
   kind = f"{args.dtype}, late chunking" if args.contextual else args.dtype
   print(f"wrote {args.output}: {out.shape[0]} {what} x {out.shape[1]} ({out.dtype}, {kind})")
   return 0

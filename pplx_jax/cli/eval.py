@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from pathlib import Path
 
 HELP = "retrieval metrics (nDCG@10, Recall@k, MRR) for float32 / int8 / binary"
 DTYPES = ("float32", "int8", "binary")  # eval.metrics.DTYPES, named here so `--help` needs no NumPy
@@ -72,9 +71,15 @@ def run_contextual_eval(args: argparse.Namespace) -> int:
               "dims": [dim_label(d) for d in dims], "ks": list(args.ks), "max_queries": args.max_queries,
               "max_docs": args.max_docs, "sample_seed": args.sample_seed, "seconds": round(t2 - t0, 3),
               "metrics": results}
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+    _write_json(args.json, report)
   return 0
+
+
+def _write_json(path, report: dict) -> None:
+  from pplx_jax.core import paths
+  out = paths.as_path(path)  # local or gs://
+  out.parent.mkdir(parents=True, exist_ok=True)
+  out.write_text(json.dumps(report, indent=2) + "\n")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -104,6 +109,5 @@ def run(args: argparse.Namespace) -> int:
               "dims": [dim_label(d) for d in dims], "ks": list(args.ks), "max_queries": args.max_queries,
               "max_docs": args.max_docs, "sample_seed": args.sample_seed, "seconds": round(t2 - t0, 3),
               "metrics": results}
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+    _write_json(args.json, report)
   return 0

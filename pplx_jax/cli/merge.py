@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 HELP = "SLERP two checkpoints per tensor (the paper's final merge)"
 DOT_THRESHOLD = 0.9995  # convert.merge.DOT_THRESHOLD (mergekit's), named here so `--help` needs no NumPy
@@ -22,7 +21,7 @@ def run(args) -> int:
   from pplx_jax.convert.merge import merge_checkpoints
 
   out = merge_checkpoints(args.a, args.b, args.t, args.out, dot_threshold=args.dot_threshold)
-  record = json.loads((Path(out) / "config.json").read_text())["merge"]
+  record = json.loads((out / "config.json").read_text())["merge"]  # out: a local or gs:// path
   print(f"wrote {out}: SLERP t={record['t']} of {args.a} (t=0) and {args.b} (t=1); {record['tensors']} tensors, "
         f"{len(record['lerp_tensors'])} nearly parallel (linear interpolation)")
   return 0

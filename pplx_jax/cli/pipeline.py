@@ -4,8 +4,6 @@ it, process 0 also merges, exports, evaluates and writes the report."""
 from __future__ import annotations
 
 import os
-import shutil
-from pathlib import Path
 
 from pplx_jax.cli import common
 
@@ -26,8 +24,10 @@ def run(args) -> int:
   from pplx_jax.core import config as config_lib
   from pplx_jax.recipe.pipeline import run_pipeline
 
+  from pplx_jax.core import paths
+
   cfg = config_lib.load_config(args.config, args.overrides)
-  if args.force and Path(args.workdir).exists():
-    shutil.rmtree(args.workdir)
+  if args.force:
+    paths.rmtree(args.workdir)  # local or gs://
   run_pipeline(cfg, args.workdir)
   return 0

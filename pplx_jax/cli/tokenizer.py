@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 HELP = "tokenizer tools"
 
 
@@ -20,18 +18,28 @@ def add_args(p) -> None:
                  help="SentencePiece model type (default bpe); only for --kind sentencepiece")
 
 
-def run(args) -> int:
+def _train(args, out):
   from pplx_jax.core.errors import UserError
   from pplx_jax.core.tokenizers import train_byte_level_bpe, train_sentencepiece
 
   if args.kind == "sentencepiece":
-    tok = train_sentencepiece(args.input, args.out, args.vocab_size, model_type=args.model_type or "bpe")
+    return train_sentencepiece(args.input, out, args.vocab_size, model_type=args.model_type or "bpe")
+  if args.model_type not in (None, "bpe"):
+    raise UserError("--model-type applies to --kind sentencepiece only")
+  return train_byte_level_bpe(args.input, out, args.vocab_size)
+
+
+def run(args) -> int:
+  from pplx_jax.core import paths
+
+  if paths.is_url(args.out):  # the trainers write local files: a bucket folder is uploaded when complete
+    with paths.staged_output(args.out) as tmp:
+      tok = _train(args, tmp)
   else:
-    if args.model_type not in (None, "bpe"):
-      raise UserError("--model-type applies to --kind sentencepiece only")
-    tok = train_byte_level_bpe(args.input, args.out, args.vocab_size)
-  for name in sorted(os.listdir(args.out)):
-    print(f"wrote {os.path.join(args.out, name)}")
+    tok = _train(args, args.out)
+  out = paths.as_path(args.out)
+  for name in sorted(p.name for p in out.iterdir()):
+    print(f"wrote {out / name}")
   print(f"{tok.kind} tokenizer: vocab size {tok.vocab_size}, pad id {tok.pad_id}, "
         f"eos id {tok.eos_id}, mask id {tok.mask_id}")
   return 0

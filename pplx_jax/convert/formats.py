@@ -17,6 +17,7 @@ from pplx_jax.convert import hf
 from pplx_jax.convert.load import source_params
 from pplx_jax.convert.sentence_transformers import write_st_files
 from pplx_jax.core import checkpoint as ckpt
+from pplx_jax.core import paths
 from pplx_jax.core.paths import staged_output
 
 
@@ -32,7 +33,7 @@ def to_jax(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
     if tok_dir is not None:
       ckpt.copy_tokenizer(tok_dir, tmp / ckpt.TOKENIZER)
     (tmp / "config.json").write_text(json.dumps({"model": cfg.to_dict(), "converted_from": str(src)}, indent=2))
-  return Path(dst)
+  return paths.as_path(dst)
 
 
 def _write_hf(tmp: Path, params, cfg, tok_dir, dtype: str | None, max_shard_bytes: int) -> str:
@@ -57,7 +58,7 @@ def to_hf(src: str | os.PathLike, dst: str | os.PathLike, dtype: str | None = No
   params, cfg, tok_dir, extra = source_params(src)
   with staged_output(dst) as tmp:
     _write_hf(tmp, params, cfg, tok_dir, dtype or extra.get("source_dtype"), max_shard_bytes)
-  return Path(dst)
+  return paths.as_path(dst)
 
 
 def to_st(src: str | os.PathLike, dst: str | os.PathLike, dtype: str | None = None,
@@ -67,7 +68,7 @@ def to_st(src: str | os.PathLike, dst: str | os.PathLike, dtype: str | None = No
   with staged_output(dst) as tmp:
     _write_hf(tmp, params, cfg, tok_dir, dtype or extra.get("source_dtype"), max_shard_bytes)
     write_st_files(tmp, cfg.hidden_size, max_seq_length)
-  return Path(dst)
+  return paths.as_path(dst)
 
 
 def _tokenizer_config_with_max_length(folder: Path, max_length: int) -> None:
@@ -94,7 +95,7 @@ def to_onnx(src: str | os.PathLike, dst: str | os.PathLike, max_seq_length: int 
     (tmp / "1_Pooling" / "config.json").write_text(json.dumps(sentence_transformers.pooling_config(cfg.hidden_size), indent=4))
     ckpt.copy_tokenizer(tok_dir, tmp)
     _tokenizer_config_with_max_length(tmp, max_seq_length)
-  return Path(dst)
+  return paths.as_path(dst)
 
 
 def parse_size(text: str) -> int:

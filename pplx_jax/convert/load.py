@@ -23,6 +23,7 @@ from flax import nnx
 
 from pplx_jax.convert import hf
 from pplx_jax.core import checkpoint as ckpt
+from pplx_jax.core import paths
 from pplx_jax.core.checkpoint import CheckpointError, read_model_config, resolve
 from pplx_jax.core.model_config import ModelConfig
 from pplx_jax.models import encoder
@@ -33,6 +34,10 @@ _GGUF_FOLDERS: dict[tuple[str, int, int], Path] = {}
 def resolve_model(path: str | os.PathLike) -> ckpt.ModelSource:
   """`core.checkpoint.resolve`, with a GGUF file turned into the Hugging Face folder it holds."""
   src = resolve(path)
+  if paths.is_url(src.path) and src.kind in ("hf", "gguf"):
+    # safetensors and GGUF readers take local files: a bucket model is read through a local copy (once per process)
+    local = paths.cached_local_copy(src.path)
+    src = ckpt.ModelSource(src.kind, local, local if src.tokenizer_dir is not None else None)
   if src.kind != "gguf":
     return src
   import atexit
@@ -64,7 +69,7 @@ def restore_params(step_dir: str | os.PathLike, model_cfg: ModelConfig, mesh=Non
   else:
     shardings = nnx.to_pure_dict(shd.param_shardings(abstract_state, mesh, rules or shd.DEFAULT_RULES))
   target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), pure, shardings)
-  item = Path(step_dir).resolve() / "params"
+  item = paths.absolute(step_dir) / "params"
   try:
     return ocp.StandardCheckpointer().restore(item, target)
   except (ValueError, KeyError) as e:

@@ -38,6 +38,7 @@ from pplx_jax.convert.load import resolve_model, source_params
 from pplx_jax.core import checkpoint as ckpt
 from pplx_jax.core import model_config
 from pplx_jax.core.checkpoint import CheckpointError
+from pplx_jax.core import paths
 from pplx_jax.core.paths import staged_output
 
 log = logging.getLogger(__name__)
@@ -249,7 +250,7 @@ def merge_checkpoints(a_path: str | os.PathLike, b_path: str | os.PathLike, t: f
     raise MergeError(f"t must be in [0, 1] (0 gives A, 1 gives B), got {t}")
   if not 0.0 < dot_threshold <= 1.0:
     raise MergeError(f"dot_threshold must be in (0, 1], got {dot_threshold}")
-  out = Path(out_dir)
+  out = paths.as_path(out_dir)  # local or gs://
   if out.exists() and (not out.is_dir() or any(out.iterdir())):  # fail before loading two models
     raise FileExistsError(f"{out}: destination exists and is not empty; choose a new path")
   src_a, src_b = resolve_model(a_path), resolve_model(b_path)
@@ -274,8 +275,8 @@ def merge_checkpoints(a_path: str | os.PathLike, b_path: str | os.PathLike, t: f
       "method": "slerp",
       "t": t,
       "dot_threshold": dot_threshold,
-      "sources": [{"path": str(a_path), "resolved": str(src_a.path.resolve()), "kind": src_a.kind, "t": 0.0},
-                  {"path": str(b_path), "resolved": str(src_b.path.resolve()), "kind": src_b.kind, "t": 1.0}],
+      "sources": [{"path": str(a_path), "resolved": str(paths.absolute(src_a.path)), "kind": src_a.kind, "t": 0.0},
+                  {"path": str(b_path), "resolved": str(paths.absolute(src_b.path)), "kind": src_b.kind, "t": 1.0}],
       "tensors": stats["tensors"],
       "lerp_tensors": stats["lerp"],
   }
@@ -287,4 +288,4 @@ def merge_checkpoints(a_path: str | os.PathLike, b_path: str | os.PathLike, t: f
     if tok_dir is not None:
       ckpt.copy_tokenizer(tok_dir, tmp / ckpt.TOKENIZER)
     (tmp / "config.json").write_text(json.dumps({"model": cfg_a.to_dict(), "merge": record}, indent=2))
-  return Path(out_dir)
+  return out

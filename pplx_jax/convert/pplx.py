@@ -213,6 +213,7 @@ def to_pplx(src: str | os.PathLike, dst: str | os.PathLike, dtype: str | None = 
   """Any model path -> the release layout. variant: "dense" / "contextual" (default: the source's own when it is a
   release folder or was imported from one, else dense). with_onnx adds onnx/model.onnx (`--to onnx`'s graph)."""
   from pplx_jax.convert.load import source_params
+  from pplx_jax.core import paths
   from pplx_jax.core.paths import staged_output
 
   params, cfg, tok_dir, extra = source_params(src)
@@ -222,4 +223,4 @@ def to_pplx(src: str | os.PathLike, dst: str | os.PathLike, dtype: str | None = 
       from pplx_jax.convert import onnx as onnx_export
       (tmp / "onnx").mkdir()
       onnx_export.export(params, cfg, tmp / "onnx" / onnx_export.MODEL_FILE)
-  return Path(dst)
+  return paths.as_path(dst)

@@ -20,7 +20,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +27,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from pplx_jax.core import checksums
+from pplx_jax.core import checksums, paths
 from pplx_jax.core.checksums import CorruptCheckpointError  # noqa: F401  (part of this module's API)
 from pplx_jax.core.errors import UserError
 from pplx_jax.core.model_config import ModelConfig
@@ -46,7 +45,7 @@ def manager(workdir: str | os.PathLike, max_to_keep: int | None = None, async_sa
             create: bool = True) -> ocp.CheckpointManager:
   options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, enable_async_checkpointing=async_save,
                                          create=create)
-  return ocp.CheckpointManager(Path(workdir).resolve() / CHECKPOINTS, options=options)
+  return ocp.CheckpointManager(paths.absolute(workdir) / CHECKPOINTS, options=options)
 
 
 def is_step_dir(path: Path) -> bool:
@@ -74,7 +73,7 @@ class ModelSource:
 def resolve(path: str | os.PathLike) -> ModelSource:
   """Accepts a Hugging Face / sentence-transformers folder, a checkpoint step directory, a run's workdir (its newest
   complete checkpoint), or a GGUF file."""
-  p = Path(path)
+  p = paths.as_path(path)
   if not p.exists():
     raise CheckpointError(f"{p}: no such file or directory")
   if p.is_file() and p.suffix.lower() == ".gguf":
@@ -103,7 +102,7 @@ def has_tokenizer(d: Path) -> bool:
 
 def read_model_config(step_dir: str | os.PathLike) -> tuple[ModelConfig, dict[str, Any]]:
   """The model config and the extra metadata saved beside it (e.g. the dtype of imported weights)."""
-  path = Path(step_dir) / "model" / "metadata"
+  path = paths.as_path(step_dir) / "model" / "metadata"
   if not path.is_file():
     raise CheckpointError(f"{step_dir}: missing model config item ({path})")
   meta = json.loads(path.read_text())
@@ -124,11 +123,11 @@ def save(workdir: str | os.PathLike, step: int, params: dict[str, Any], model_cf
     mngr.wait_until_finished()
     mngr.close()
     write_checksums(workdir, step)
-  return Path(workdir) / CHECKPOINTS / str(step)
+  return step_dir(workdir, step)
 
 
 def step_dir(workdir: str | os.PathLike, step: int) -> Path:
-  return Path(workdir) / CHECKPOINTS / str(step)
+  return paths.as_path(workdir) / CHECKPOINTS / str(step)
 
 
 def write_checksums(workdir: str | os.PathLike, step: int) -> None:
@@ -151,12 +150,12 @@ def newest_good_step(workdir: str | os.PathLike, steps, log=print) -> int | None
     except CorruptCheckpointError as e:
       if jax.process_count() > 1:
         multihost_utils.sync_global_devices(f"pplx_checksums_{step}")
-      dst = Path(workdir) / CORRUPTED / str(step)
+      dst = paths.as_path(workdir) / CORRUPTED / str(step)
       if jax.process_index() == 0:
         dst.parent.mkdir(parents=True, exist_ok=True)
         if dst.exists():
-          shutil.rmtree(dst)
-        shutil.move(str(d), str(dst))
+          paths.rmtree(dst)
+        paths.move(d, dst)
       if jax.process_count() > 1:
         multihost_utils.sync_global_devices(f"pplx_quarantine_{step}")
       log(f"[train] {e}; moved checkpoint step {step} to {dst} and looking at older steps")
@@ -165,13 +164,13 @@ def newest_good_step(workdir: str | os.PathLike, steps, log=print) -> int | None
 
 def copy_tokenizer(src: str | os.PathLike, dst: str | os.PathLike) -> None:
   """Copy the tokenizer files of a folder (only those: model weights stay behind)."""
-  src, dst = Path(src), Path(dst)
+  src, dst = paths.as_path(src), paths.as_path(dst)
   dst.mkdir(parents=True, exist_ok=True)
   names = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "special_tokens_map.json", "vocab.json",
            "merges.txt", "added_tokens.json", "chat_template.jinja")
   for n in names:
     if (src / n).is_file():
-      shutil.copy2(src / n, dst / n)
+      paths.copy_tree(src / n, dst / n)
 
 
 def params_to_numpy(params: dict[str, Any]) -> dict[str, Any]:

@@ -16,6 +16,7 @@ import json
 import re
 from typing import Iterator
 
+from pplx_jax.core import paths
 from pplx_jax.core.errors import UserError
 
 PREFIX = "checksums.process_"
@@ -53,6 +54,14 @@ class CorruptCheckpointError(UserError):
 
 
 def _walk(root, rel: str = "") -> Iterator[str]:
+  if not rel and paths.is_url(root):  # one listing request, not one per folder
+    fs, key = paths.fs_and_key(root)
+    key = key.rstrip("/")
+    for f in sorted(fs.find(key)):
+      r = f[len(key) + 1:]
+      if not r.rsplit("/", 1)[-1].startswith(PREFIX):
+        yield r
+    return
   for child in sorted(root.iterdir(), key=lambda p: p.name):
     r = f"{rel}{child.name}"
     if child.is_dir():
@@ -76,9 +85,8 @@ def write(step_dir, process_index: int = 0, process_count: int = 1) -> dict[str,
   """Checksum this process's files of a committed step into STEP/checksums.process_<i>.json."""
   files = {rel: file_checksum(step_dir / rel) for rel in _walk(step_dir) if owner(rel) == process_index}
   doc = {"algorithm": ALGORITHM, "process_count": int(process_count), "files": files}
-  tmp = step_dir / f".{PREFIX}{process_index}.json.tmp"
-  tmp.write_text(json.dumps(doc, indent=1, sort_keys=True))
-  tmp.replace(step_dir / f"{PREFIX}{process_index}.json")
+  paths.write_text_atomic(step_dir / f"{PREFIX}{process_index}.json", json.dumps(doc, indent=1, sort_keys=True),
+                          tmp_name=f".{PREFIX}{process_index}.json.tmp")
   return files
 
 

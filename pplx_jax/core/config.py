@@ -18,6 +18,7 @@ from typing import Any, Sequence
 
 import ml_collections
 
+from pplx_jax.core import paths
 from pplx_jax.core.errors import UserError
 from pplx_jax.core.model_config import ModelConfig
 
@@ -127,13 +128,9 @@ def to_json(cfg: ml_collections.ConfigDict | dict) -> str:
 
 
 def save_config(cfg: ml_collections.ConfigDict, workdir: str | os.PathLike, name: str = "config.json") -> Path:
-  path = Path(workdir) / name
-  path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_suffix(".tmp")
-  tmp.write_text(to_json(cfg))
-  tmp.replace(path)
-  return path
+  path = paths.as_path(workdir) / name
+  return paths.write_text_atomic(path, to_json(cfg), tmp_name=path.with_suffix(".tmp").name)
 
 
 def from_json_file(path: str | os.PathLike) -> ml_collections.ConfigDict:
-  return ml_collections.ConfigDict(json.loads(Path(path).read_text()))
+  return ml_collections.ConfigDict(json.loads(paths.as_path(path).read_text()))

@@ -53,6 +53,8 @@ import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from pplx_jax.core import paths
+
 # Qwen2/Qwen3 pre-tokenization regex (same as tiktoken's cl100k pattern, but single digits).
 QWEN_PAT = (
     r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
@@ -338,7 +340,7 @@ def _copy(src: Path, dst: Path) -> None:
 
 def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
   """Load from a folder (tokenizer.json preferred, else tokenizer.model or a single *.model) or a file."""
-  p = Path(path)
+  p = paths.cached_local_copy(path)  # a gs:// tokenizer folder is read from a local copy
   if p.is_file():
     if p.suffix == ".json":
       return HuggingFaceTokenizer.from_file(p)
@@ -490,6 +492,9 @@ def _expand_inputs(inputs: Sequence[str | os.PathLike]) -> list[Path]:
   files: list[Path] = []
   for pattern in inputs:
     pattern = str(pattern)
+    if paths.is_url(pattern):  # gs:// files and globs, read in place
+      files.extend(paths.glob_files(pattern))
+      continue
     matches = sorted(glob.glob(pattern, recursive=True)) if glob.has_magic(pattern) else [pattern]
     matches = [m for m in matches if Path(m).is_file()]
     if not matches:
@@ -505,7 +510,7 @@ def iter_documents(inputs: Sequence[str | os.PathLike]) -> Iterator[str]:
   """
   for path in _expand_inputs(inputs):
     is_jsonl = path.suffix == ".jsonl"
-    with open(path, "rb") as f:
+    with paths.as_path(path).open("rb") as f:
       for lineno, raw in enumerate(f, start=1):
         try:
           line = raw.decode("utf-8")

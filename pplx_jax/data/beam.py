@@ -23,7 +23,7 @@ split and example functions behind one small interface. Two pipelines, as the si
    split sizes equal the validated counts, so a failed run leaves no dataset.
 
 Storage: inputs and the output may be local paths or URLs (gs://): Beam's FileSystems read the inputs, TFDS writes
-through etils.epath (gcsfs). array_record *reads* gs:// but its writer opens local files only, so
+through etils.epath (gcsfs; `core.paths` points it at the emulator). array_record *reads* gs:// but its writer opens local files only, so
 :class:`ShardWriter` writes a remote shard to the worker's disk and uploads it.
 
 Runners (``--beam-runner``; flags in ``--beam-options``, never from ``sys.argv``): the DirectRunner (in_memory: one
@@ -54,6 +54,7 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions
 
+from pplx_jax.core import paths
 from pplx_jax.core.errors import UserError
 from pplx_jax.data import prepared
 from pplx_jax.data import records as records_lib
@@ -444,12 +445,10 @@ class ShardWriter:
     dst = os.fspath(path)
     if not is_remote(dst):
       return adapter.write_examples(path, examples)
-    from etils import epath
-
     with tempfile.TemporaryDirectory() as d:
       local = os.path.join(d, "shard")
       positions = adapter.write_examples(local, examples)
-      with open(local, "rb") as src, epath.Path(dst).open("wb") as out:
+      with open(local, "rb") as src, paths.as_path(dst).open("wb") as out:
         shutil.copyfileobj(src, out, 16 << 20)
     return positions
 
@@ -510,9 +509,7 @@ def existing_dataset(name: str, out_dir: str, params: dict) -> str | None:
   if not is_remote(out_dir):
     d = prepared.existing_dataset(name, out_dir, params)
     return None if d is None else os.fspath(d)
-  from etils import epath
-
-  d = epath.Path(out_dir) / name / prepared.VERSION
+  d = paths.as_path(out_dir) / name / prepared.VERSION
   if not (d / "dataset_info.json").exists():
     return None
   meta = d / "metadata.json"
@@ -526,9 +523,7 @@ def existing_dataset(name: str, out_dir: str, params: dict) -> str | None:
 
 def dataset_counts(dataset_dir: str) -> tuple[dict[str, int], dict[str, int]]:
   """(records per split from dataset_info.json, skip counts from metadata.json) of a local or remote dataset."""
-  from etils import epath
-
-  d = epath.Path(dataset_dir)
+  d = paths.as_path(dataset_dir)
   info = json.loads((d / "dataset_info.json").read_text())
   sizes = {s["name"]: sum(int(n) for n in s.get("shardLengths", [])) for s in info.get("splits", [])}
   meta = d / "metadata.json"
@@ -546,10 +541,8 @@ def cleanup(tmp_dir: str) -> None:
     if is_remote(tmp_dir):
       # One delete per object: Beam's GCS delete goes through the batch API (fake-gcs-server, the tests' bucket,
       # answers it "Bad response: not multi-part"), and the folder holds one or two files.
-      from etils import epath
-
       for f in FileSystems.match([tmp_dir.rstrip("/") + "/*"])[0].metadata_list:
-        epath.Path(f.path).unlink()
+        paths.as_path(f.path).unlink()
       return
     if FileSystems.exists(tmp_dir):
       FileSystems.delete([tmp_dir])

@@ -33,6 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pplx_jax.core import paths
+
 log = logging.getLogger(__name__)
 
 VERSION = "1.0.0"
@@ -88,7 +90,7 @@ def check_name(name: str) -> None:
 
 def dataset_metadata(dataset_dir: str | os.PathLike) -> dict:
   """The ``metadata.json`` of a prepared dataset (``params`` and ``skipped``), or {}."""
-  path = Path(dataset_dir) / "metadata.json"
+  path = paths.as_path(dataset_dir) / "metadata.json"
   return json.loads(path.read_text()) if path.is_file() else {}
 
 
@@ -129,7 +131,15 @@ def build_dataset(name: str, out_dir, params: dict, skipped: dict, split_counts:
                   kind: str | None = None, unit: str = "records") -> Path:
   """Write ``out_dir/name/1.0.0`` (ArrayRecord) from `examples(split)`; the non-empty splits only, train required.
   metadata.json keeps the params (so a rerun can tell the same dataset from a different one), skip counts, split
-  sizes and, when given, the kind."""
+  sizes and, when given, the kind. A bucket `out_dir` (gs://) is written locally and uploaded when complete: the
+  ArrayRecord writer TFDS uses opens local files only."""
+  if paths.is_url(out_dir):
+    dataset_dir = paths.as_path(out_dir) / name / VERSION
+    with tempfile.TemporaryDirectory(prefix="pplx-prepare-") as local:
+      built = build_dataset(name, local, params, skipped, split_counts, examples, description, features, kind, unit)
+      for f in sorted(built.iterdir(), key=lambda f: f.name == "dataset_info.json"):
+        paths.copy_tree(f, dataset_dir / f.name)  # dataset_info.json last: it marks the dataset complete
+    return dataset_dir
   dataset_dir = Path(out_dir) / name / VERSION
   splits, metadata = splits_and_metadata(name, params, skipped, split_counts, kind, unit)
   builder = builder_class(name, features)(examples=examples, splits=splits, metadata=metadata,
@@ -142,8 +152,8 @@ def build_dataset(name: str, out_dir, params: dict, skipped: dict, split_counts:
 
 
 def existing_dataset(name: str, out_dir, params: dict) -> Path | None:
-  """The dataset dir if `out_dir` already holds this dataset; raise if it holds a different one."""
-  dataset_dir = Path(out_dir) / name / VERSION
+  """The dataset dir if `out_dir` (local or gs://) already holds this dataset; raise if it holds a different one."""
+  dataset_dir = paths.as_path(out_dir) / name / VERSION
   if not (dataset_dir / "dataset_info.json").is_file():
     return None
   old = dataset_metadata(dataset_dir).get("params")
@@ -165,8 +175,9 @@ def check_fraction(validation_fraction: float) -> None:
 
 
 def resolve_dataset_dir(path: str | os.PathLike) -> Path:
-  """Accept ``out/name/1.0.0`` or ``out/name`` (its highest version); raise if neither is a dataset."""
-  p = Path(path)
+  """Accept ``out/name/1.0.0`` or ``out/name`` (its highest version), local or gs://; raise if neither is a
+  dataset."""
+  p = paths.as_path(path)
   if (p / "dataset_info.json").is_file():
     return p
   if p.is_dir():
@@ -183,7 +194,7 @@ def load_split(dataset_dir: str | os.PathLike, split: str):
   """
   import tensorflow_datasets as tfds
 
-  builder = tfds.builder_from_directory(os.fspath(resolve_dataset_dir(dataset_dir)))
+  builder = tfds.builder_from_directory(str(resolve_dataset_dir(dataset_dir)))
   if split not in builder.info.splits:
     raise ValueError(f"{dataset_dir} has no split {split!r}; it has {sorted(builder.info.splits)}")
   return builder.as_data_source(split=split)
@@ -193,7 +204,7 @@ def split_sizes(dataset_dir: str | os.PathLike) -> dict[str, int]:
   """Records per split, from the dataset's ``dataset_info.json``."""
   import tensorflow_datasets as tfds
 
-  builder = tfds.builder_from_directory(os.fspath(resolve_dataset_dir(dataset_dir)))
+  builder = tfds.builder_from_directory(str(resolve_dataset_dir(dataset_dir)))
   return {name: info.num_examples for name, info in builder.info.splits.items()}
 
 

@@ -26,6 +26,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from pplx_jax.core import paths
 from pplx_jax.core.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -47,7 +48,8 @@ class DataError(UserError):
 
 
 def expand_inputs(paths_or_globs: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Path]:
-  """Files named by paths and globs (``**`` recursive), in the given order, each glob sorted.
+  """Files named by paths and globs (``**`` recursive), in the given order, each glob sorted; a gs:// URL or glob
+  gives bucket paths (`core.paths`), read in place.
 
   A glob that matches no file, or a path that is not a file, raises ``FileNotFoundError`` naming it.
   """
@@ -55,6 +57,9 @@ def expand_inputs(paths_or_globs: str | os.PathLike | Sequence[str | os.PathLike
     paths_or_globs = [paths_or_globs]
   files: list[Path] = []
   for pattern in paths_or_globs:
+    if paths.is_url(pattern):
+      files.extend(paths.glob_files(str(pattern)))
+      continue
     pattern = os.fspath(pattern)
     if glob.has_magic(pattern):
       matches = [m for m in sorted(glob.glob(pattern, recursive=True)) if os.path.isfile(m)]
@@ -70,6 +75,11 @@ def expand_inputs(paths_or_globs: str | os.PathLike | Sequence[str | os.PathLike
   return files
 
 
+def input_params(files) -> list[dict]:
+  """The ``inputs`` of a prepared dataset's params: each file's absolute path (a URL as it is) and size."""
+  return [{"path": str(paths.absolute(f)), "bytes": paths.size(f)} for f in files]
+
+
 def file_format(path: str | os.PathLike) -> str:
   """``"jsonl"``, ``"parquet"`` or ``"text"``, from the suffix (ignoring a final ``.gz``)."""
   name = Path(path).name.lower()
@@ -83,8 +93,12 @@ def file_format(path: str | os.PathLike) -> str:
 
 
 def open_binary(path: Path):
-  """The file's bytes, gunzipped when the name ends in .gz."""
-  return gzip.open(path, "rb") if path.name.lower().endswith(".gz") else open(path, "rb")
+  """The file's bytes, gunzipped when the name ends in .gz (a bucket file streamed through `core.paths`)."""
+  gz = path.name.lower().endswith(".gz")
+  if paths.is_url(path):
+    raw = paths.as_path(path).open("rb")
+    return gzip.GzipFile(fileobj=raw, mode="rb") if gz else raw
+  return gzip.open(path, "rb") if gz else open(path, "rb")
 
 
 def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
@@ -148,7 +162,7 @@ def parquet_rows(path: Path, columns: Sequence[str], required: Sequence[str], ba
   """(0-based row, {column: value}) of the `columns` present in the file; a missing `required` column raises."""
   import pyarrow.parquet as pq
 
-  pf = pq.ParquetFile(path)
+  pf = pq.ParquetFile(paths.as_path(path).open("rb") if paths.is_url(path) else path)
   names = pf.schema_arrow.names
   missing = [c for c in required if c not in names]
   if missing:
@@ -240,7 +254,11 @@ def skipped(stats: dict) -> dict:
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
-  """Every object of a JSONL file such as a run's metrics.jsonl ([] when the file does not exist)."""
+  """Every object of a JSONL file such as a run's metrics.jsonl, local or gs:// ([] when the file does not exist)."""
+  if paths.is_url(path):
+    if not paths.as_path(path).is_file():
+      return []
+    path = paths.local_copy(path)
   path = Path(path)
   if not path.is_file():
     return []

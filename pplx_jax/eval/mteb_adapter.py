@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from pplx_jax.core import paths
 
 __all__ = ["PplxEncoder", "local_retrieval_task", "task_scores", "mteb_retrieval_scores"]
 
@@ -70,7 +71,7 @@ class PplxEncoder:
     self.model_config = cfg
     self._run = embed.make_embed_fn(model, self._mesh, rules)
     self.mteb_model_meta = ModelMeta(
-        loader=None, name=name or f"pplx-jax/{Path(model_path).resolve().name}", revision="local",
+        loader=None, name=name or f"pplx-jax/{paths.absolute(model_path).name}", revision="local",
         release_date=None, languages=None, n_parameters=cfg.num_params(), memory_usage_mb=None,
         max_tokens=max_length, embed_dim=dim or cfg.hidden_size, license=None, open_weights=True,
         public_training_code=None, public_training_data=None, framework=["JAX"], similarity_fn_name="cosine",

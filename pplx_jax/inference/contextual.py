@@ -14,13 +14,13 @@ devices.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Callable, Sequence
 
 import jax
 import numpy as np
 from flax import nnx
 
+from pplx_jax.core import paths
 from pplx_jax.core import sharding as shd
 from pplx_jax.core.errors import UserError
 from pplx_jax.core.tokenizers import ENDOFTEXT
@@ -43,7 +43,7 @@ def separator_id(tokenizer) -> int:
 
 def read_documents(path: str | os.PathLike) -> list[list[str]]:
   """`.jsonl`, one ``{"chunks": [str, ...]}`` object a line -> the chunk lists. Errors name the file and line."""
-  path = Path(path)
+  path = paths.as_path(path)  # local or gs://
   if not path.is_file():
     raise FileNotFoundError(f"{path}: no such file")
   docs = []

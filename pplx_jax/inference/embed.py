@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import sys
-from pathlib import Path
 from typing import Sequence
 
 import jax
@@ -16,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from pplx_jax.core import paths
 from pplx_jax.core import sharding as shd
 from pplx_jax.core.errors import UserError
 from pplx_jax.data import records
@@ -26,7 +26,7 @@ from pplx_jax.models import pooling, quantize
 def read_texts(path: str | os.PathLike, field: str = "text") -> list[str]:
   """`.txt`: one text a line; `.jsonl`: one object a line with a `text` field. Every line is a row of the output,
   so an empty line, invalid JSON or a missing field is an error naming the file and line (`records.DataError`)."""
-  path = Path(path)
+  path = paths.as_path(path)  # local or gs://
   if not path.is_file():
     raise FileNotFoundError(f"{path}: no such file")
   texts = []

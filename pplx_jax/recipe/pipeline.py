@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,7 @@ import ml_collections
 import numpy as np
 
 from pplx_jax.core import config as config_lib
+from pplx_jax.core import paths
 from pplx_jax.core.config import ConfigError
 from pplx_jax.recipe.plan import (
   PER_QUERY,
@@ -64,10 +65,9 @@ def prepare_tokenizer(plan: Plan) -> None:
     tok_dir = load_lib.resolve_model(source).tokenizer_dir
     if tok_dir is None:
       raise ConfigError(f"tokenizer.from_model={source}: no tokenizer files found beside the model")
-    tmp = plan.tokenizer.with_name(plan.tokenizer.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    ckpt.copy_tokenizer(tok_dir, tmp)
-    tmp.replace(plan.tokenizer)
+    paths.rmtree(plan.tokenizer)  # an incomplete one (no tokenizer.json): redo it whole
+    with paths.staged_output(plan.tokenizer) as tmp:
+      ckpt.copy_tokenizer(tok_dir, tmp)
     log(f"tokenizer: the model's own, from {source}")
     return
   from pplx_jax.core.tokenizers import train_byte_level_bpe
@@ -75,15 +75,14 @@ def prepare_tokenizer(plan: Plan) -> None:
   split = dict(validation_fraction=float(data.validation_fraction), seed=int(data.split_seed)) if data else {}
   texts = tokenizer_texts(plan.tokenizer_corpus, **split)
   corpus_name = "+".join(plan.tokenizer_corpus)
-  corpus = plan.data_dir / "tokenizer_corpus.txt"
-  corpus.parent.mkdir(parents=True, exist_ok=True)
-  corpus.write_text("\n".join(t.replace("\n", " ") for t in texts) + "\n")
   log(f"training a byte-level BPE tokenizer ({plan.cfg.tokenizer.vocab_size} ids) on {len(texts)} {corpus_name} "
       "texts (training split)")
-  tmp = plan.tokenizer.with_name(plan.tokenizer.name + ".tmp")
-  shutil.rmtree(tmp, ignore_errors=True)
-  train_byte_level_bpe([str(corpus)], tmp, vocab_size=int(plan.cfg.tokenizer.vocab_size))
-  tmp.replace(plan.tokenizer)
+  paths.rmtree(plan.tokenizer)  # an incomplete one (no tokenizer.json): redo it whole
+  # The trainer reads a local corpus file; the tokenizer folder appears (or is uploaded) only when complete.
+  with tempfile.TemporaryDirectory(prefix="pplx-tokenizer-corpus-") as d, paths.staged_output(plan.tokenizer) as tmp:
+    corpus = Path(d) / "tokenizer_corpus.txt"
+    corpus.write_text("\n".join(t.replace("\n", " ") for t in texts) + "\n")
+    train_byte_level_bpe([str(corpus)], tmp, vocab_size=int(plan.cfg.tokenizer.vocab_size))
 
 
 def _stage_inputs(plan: Plan, name: str, done_inputs: dict[str, dict]) -> dict:
@@ -118,7 +117,7 @@ def merge_step(plan: Plan, done: dict[str, dict]) -> Path:
   if check_done(out, inputs, "the merge"):
     log(f"merge: {out} already complete, skipped")
   else:
-    shutil.rmtree(out, ignore_errors=True)  # a merge interrupted before its marker: redo it whole
+    paths.rmtree(out)  # a merge interrupted before its marker: redo it whole
     log(f"merge: SLERP({m.a}, {m.b}, t={m.t}) -> {out}")
     merge.merge_checkpoints(plan.model_dir(str(m.a)), plan.model_dir(str(m.b)), float(m.t), out)
     mark_done(out, inputs)
@@ -131,19 +130,19 @@ def export_step(plan: Plan, done: dict[str, dict]) -> dict[str, Path]:
   name = str(plan.cfg.export.model)
   out = plan.work / "export"
   inputs = {"model": digest(done[name]), "formats": list(plan.cfg.export.formats)}
-  paths = {fmt: out / fmt for fmt in plan.cfg.export.formats}
+  outs = {fmt: out / fmt for fmt in plan.cfg.export.formats}
   if check_done(out, inputs, "the export"):
     log(f"export: {out} already complete, skipped")
-    return paths
-  shutil.rmtree(out, ignore_errors=True)
+    return outs
+  paths.rmtree(out)
   fns = {"hf": formats.to_hf, "st": formats.to_st}
-  for fmt, path in paths.items():
+  for fmt, path in outs.items():
     if fmt not in fns:
       raise ConfigError(f"export.formats has {fmt!r}; known: {sorted(fns)}")
     fns[fmt](str(plan.model_dir(name)), str(path))
     log(f"export: {name} -> {path}")
   mark_done(out, inputs)
-  return paths
+  return outs
 
 
 # ---------------------------------------------------------------------------------------------
@@ -273,7 +272,8 @@ def parity_step(plan: Plan, export: dict[str, Path], sets, own: dict) -> dict:
     from pplx_jax.inference.embed import embed_texts
     texts = list(queries) + list(docs)
     # Truncated as pplx-jax's own evaluation was: texts longer than eval.max_length otherwise differ by construction.
-    emb = baselines.sentence_transformer_embeddings(str(export["st"]), texts, max_length=int(plan.cfg.eval.max_length))
+    st_dir = paths.cached_local_copy(export["st"])  # sentence-transformers reads local folders only
+    emb = baselines.sentence_transformer_embeddings(str(st_dir), texts, max_length=int(plan.cfg.eval.max_length))
     st = eval_metrics.retrieval_scores(emb[:len(queries)], emb[len(queries):], qrels, tuple(plan.cfg.eval.ks))
     out["sentence-transformers"] = st["float32/full/ndcg@10"]
     sample = list(range(0, len(texts), max(1, len(texts) // 256)))
@@ -291,7 +291,7 @@ def parity_step(plan: Plan, export: dict[str, Path], sets, own: dict) -> dict:
 
       from pplx_jax.eval import mteb_adapter
       task = mteb_adapter.local_retrieval_task(list(queries), list(docs), qrels)
-      st_model = SentenceTransformer(str(export["st"]), device="cpu")
+      st_model = SentenceTransformer(str(st_dir), device="cpu")
       st_model.max_seq_length = int(plan.cfg.eval.max_length)
       model = mteb.models.SentenceTransformerEncoderWrapper(st_model)
       scores = mteb_adapter.task_scores(mteb.evaluate(model, task, cache=None))
@@ -353,7 +353,7 @@ def run_eval(plan: Plan, done: dict[str, dict], export: dict[str, Path]) -> dict
 
 def run_pipeline(cfg: ml_collections.ConfigDict, workdir: str | os.PathLike) -> Path:
   import jax
-  work = Path(workdir)
+  work = paths.as_path(workdir)  # local (relative stays relative) or gs://
   plan = Plan(cfg, work)
   plan.validate(jax.device_count())  # every stage's sizes and keys checked before anything trains
   work.mkdir(parents=True, exist_ok=True)

@@ -17,6 +17,7 @@ from typing import Any
 import ml_collections
 
 from pplx_jax.core import config as config_lib
+from pplx_jax.core import paths
 from pplx_jax.core.config import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]  # the checkout: configs/ beside pplx_jax/
@@ -33,10 +34,7 @@ def digest(obj: Any) -> str:
 
 
 def write_json(path: Path, obj: Any) -> None:
-  path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_name(path.name + ".tmp")
-  tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
-  tmp.replace(path)
+  paths.write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 
 
 def read_json(path: Path) -> Any:
@@ -67,9 +65,11 @@ class Plan:
   """The pipeline config resolved against a workdir: stage configs loaded, overridden and validated."""
 
   def __init__(self, cfg: ml_collections.ConfigDict, workdir: Path):
+    workdir = paths.as_path(workdir)
     self.cfg, self.work = cfg, workdir
-    self.data_dir = Path(cfg.data_dir) if cfg.data_dir else workdir / "data"
-    self.tokenizer = Path(cfg.tokenizer.path) if cfg.tokenizer.path else workdir / "tokenizer"
+    # local or gs:// (core.paths): a pod pipeline keeps its workdir, data and tokenizer in a bucket
+    self.data_dir = paths.as_path(cfg.data_dir) if cfg.data_dir else workdir / "data"
+    self.tokenizer = paths.as_path(cfg.tokenizer.path) if cfg.tokenizer.path else workdir / "tokenizer"
     if cfg.tokenizer.path and cfg.tokenizer.get("from_model", ""):
       raise ConfigError("set tokenizer.path or tokenizer.from_model, not both")
     self.tokenizer_corpus = tokenizer_corpus(cfg.tokenizer)

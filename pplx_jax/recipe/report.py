@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pplx_jax.core import paths
 from pplx_jax.data.records import read_jsonl
 
 
@@ -15,15 +16,21 @@ def _pyplot():
   return plt
 
 
+def _save(fig, out, dpi: int) -> None:
+  """PNG to a local or gs:// path (matplotlib writes to a file object; it would take a URL for a local name)."""
+  with paths.as_path(out).open("wb") as f:
+    fig.savefig(f, format="png", dpi=dpi)
+
+
 def plot_pretraining(workdir: str | Path, out: str | Path | None = None) -> Path:
   """Training loss / masked CE and held-out masked CE at fixed mask ratios against the step."""
   plt = _pyplot()
 
-  workdir = Path(workdir)
+  workdir = paths.as_path(workdir)
   rows = read_jsonl(workdir / "metrics.jsonl")
   if not rows:
     raise FileNotFoundError(f"{workdir / 'metrics.jsonl'}: no metrics to plot")
-  out = Path(out) if out else workdir / "pretraining.png"
+  out = paths.as_path(out) if out else workdir / "pretraining.png"
   fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
   train = [r for r in rows if "loss" in r]
   for key, label in (("loss", "loss (NELBO / token)"), ("masked_ce", "masked-token CE")):
@@ -40,7 +47,7 @@ def plot_pretraining(workdir: str | Path, out: str | Path | None = None) -> Path
   ax2.set_title("held-out masked-token cross-entropy")
   ax2.legend()
   fig.tight_layout()
-  fig.savefig(out, dpi=110)
+  _save(fig, out, 110)
   plt.close(fig)
   return out
 
@@ -78,7 +85,7 @@ def _plot_stage_losses(plan, out: Path) -> Path:
       ax.set_ylabel(key.replace("eval/", "held-out ").replace("/full/", " "), fontsize=8)
     ax.set_xlabel("step")
   fig.tight_layout()
-  fig.savefig(out, dpi=100)
+  _save(fig, out, 100)
   plt.close(fig)
   return out
 
@@ -100,7 +107,7 @@ def _bar_plot(rows: list[tuple[str, dict[str, float]]], dtypes, out: Path) -> Pa
   ax.set_title("held-out retrieval")
   ax.legend()
   fig.tight_layout()
-  fig.savefig(out, dpi=100)
+  _save(fig, out, 100)
   plt.close(fig)
   return out
 
@@ -115,7 +122,7 @@ def _matryoshka_plot(series: dict[str, list[tuple[int, float]]], out: Path) -> P
   ax.set_ylabel("nDCG@10 (float32)")
   ax.legend(fontsize=8)
   fig.tight_layout()
-  fig.savefig(out, dpi=100)
+  _save(fig, out, 100)
   plt.close(fig)
   return out
 

@@ -4,18 +4,33 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Mapping
 
+from pplx_jax.core import paths
+
 
 class MetricsWriter:
-  """Only process 0 writes; every process may call it."""
+  """Only process 0 writes; every process may call it.
+
+  A bucket (gs://) workdir cannot be appended to: metrics.jsonl and tensorboard/ are written to a local mirror and
+  copied to the bucket by `sync()` (the trainer calls it at every checkpoint) and at `close()`; a resumed run first
+  fetches the bucket's metrics.jsonl, so the file keeps every row."""
 
   def __init__(self, workdir: str | Path, enabled: bool = True, tensorboard: bool = True):
     self.enabled = enabled
-    self.path = Path(workdir) / "metrics.jsonl"
+    self.remote = paths.as_path(workdir) if paths.is_url(workdir) else None
+    local = Path(workdir)
+    if self.remote is not None and enabled:
+      local = Path(tempfile.mkdtemp(prefix="pplx-metrics-"))
+      if (self.remote / "metrics.jsonl").is_file():
+        paths.copy_tree(self.remote / "metrics.jsonl", local / "metrics.jsonl")
+    self.local = local
+    self.path = local / "metrics.jsonl"
     self._tb = None
     if enabled:
       self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -23,7 +38,7 @@ class MetricsWriter:
       if tensorboard:
         try:
           from tensorboardX import SummaryWriter
-          self._tb = SummaryWriter(str(Path(workdir) / "tensorboard"), flush_secs=10)
+          self._tb = SummaryWriter(str(local / "tensorboard"), flush_secs=10)
         except ImportError:  # optional: JSONL alone is enough
           self._tb = None
 
@@ -38,11 +53,26 @@ class MetricsWriter:
         if k not in ("step", "time") and isinstance(v, (int, float)) and math.isfinite(v):
           self._tb.add_scalar(k, v, step)
 
+  def sync(self) -> None:
+    """Copy the local mirror to the bucket (nothing to do for a local workdir)."""
+    if not self.enabled or self.remote is None:
+      return
+    if not self._file.closed:
+      self._file.flush()
+      if self._tb is not None:
+        self._tb.flush()
+    paths.copy_tree(self.path, self.remote / "metrics.jsonl")
+    if (self.local / "tensorboard").is_dir():
+      paths.copy_tree(self.local / "tensorboard", self.remote / "tensorboard")
+
   def close(self) -> None:
     if self.enabled:
       self._file.close()
       if self._tb is not None:
         self._tb.close()
+      if self.remote is not None:
+        self.sync()
+        shutil.rmtree(self.local, ignore_errors=True)
 
 
 def _plain(v):

@@ -29,6 +29,7 @@ from flax import nnx
 from pplx_jax.convert import load as load_lib
 from pplx_jax.core import checkpoint as ckpt
 from pplx_jax.core import config as config_lib
+from pplx_jax.core import paths
 from pplx_jax.core import sharding as shd
 from pplx_jax.core.errors import Preempted
 from pplx_jax.core.model_config import ARCHITECTURE_FIELDS, ModelConfig
@@ -250,7 +251,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str | Path, task_factory: Cal
 
 
 def _train(cfg, workdir, task_factory, stop_after, devices, watch: PreemptionWatch) -> TrainResult:
-  workdir = Path(workdir).resolve()
+  workdir = paths.absolute(workdir)
   devices = list(devices) if devices is not None else jax.devices()
   model_cfg, mesh_shape, rules = validate(cfg, len(devices))
   mesh = shd.make_mesh(mesh_shape, devices)
@@ -285,7 +286,7 @@ def _train(cfg, workdir, task_factory, stop_after, devices, watch: PreemptionWat
       if not src_tok:
         raise config_lib.ConfigError("no tokenizer: set data.tokenizer or start from a model that carries one")
       ckpt.copy_tokenizer(src_tok, tok_dir)
-    task = task_factory(cfg, model_cfg, tok_dir if ckpt.has_tokenizer(tok_dir) else Path(src_tok))
+    task = task_factory(cfg, model_cfg, paths.cached_local_copy(tok_dir if ckpt.has_tokenizer(tok_dir) else src_tok))
 
     param_sh = jax.tree.map(lambda x: x.sharding, params)
     opt_sh = jax.tree.map(lambda x: x.sharding, opt_state)
@@ -329,6 +330,7 @@ def _train(cfg, workdir, task_factory, stop_after, devices, watch: PreemptionWat
         for s in pending:
           ckpt.write_checksums(workdir, s)
         pending.clear()
+        writer.sync()  # a bucket workdir's metrics are mirrored once a checkpoint is committed
 
     def save(step_to_save):
       write_checksums()  # the previous save must be committed first anyway: orbax waits for it too

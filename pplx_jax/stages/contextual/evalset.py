@@ -11,10 +11,10 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterable, Mapping
-from pathlib import Path
 
 import numpy as np
 
+from pplx_jax.core import paths
 from pplx_jax.data import prepared
 from pplx_jax.stages.contextual.data import decode_document
 from pplx_jax.stages.contextual.prepare import iter_contextual_records
@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 def read_documents(path, split: str = "validation", require_queries: bool = False) -> list[dict]:
   """All documents of a prepared dataset's `split`, or of JSONL/Parquet file(s) (then `split` is ignored; a document
   without queries is accepted as a distractor unless `require_queries`)."""
-  if isinstance(path, (str, os.PathLike)) and Path(path).is_dir():
+  if isinstance(path, (str, os.PathLike)) and paths.as_path(path).is_dir():  # local or gs://
     source = prepared.load_split(path, split)
     out = []
     for s in range(0, len(source), 1024):

@@ -197,7 +197,7 @@ def prepare_contextual(inputs, out_dir, name: str = "contextual", validation_fra
   """
   check_args(name, validation_fraction, on_error)
   files = records_lib.expand_inputs(inputs)
-  params = {"kind": "contextual", "inputs": [{"path": str(f.resolve()), "bytes": f.stat().st_size} for f in files],
+  params = {"kind": "contextual", "inputs": records_lib.input_params(files),
             "validation_fraction": validation_fraction, "seed": seed, "on_error": on_error}
   existing = prepared.existing_dataset(name, out_dir, params)
   if existing is not None:

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from pplx_jax.core import paths
 from pplx_jax.data import prepared
 from pplx_jax.data import records as records_lib
 from pplx_jax.data.sources import wordnet
@@ -34,7 +35,7 @@ def read_pairs(path: str | os.PathLike | Sequence[str | os.PathLike], split: str
                kind: str | None = None) -> list[dict]:
   """All records of a prepared dataset's `split`, or of JSONL/Parquet file(s) (then `split` is ignored and
   `kind` defaults to "triplet" when the first record has negatives)."""
-  if isinstance(path, (str, os.PathLike)) and Path(path).is_dir():
+  if isinstance(path, (str, os.PathLike)) and paths.as_path(path).is_dir():  # local or gs://
     source = prepared.load_split(path, split)
     out = []
     for s in range(0, len(source), 1024):

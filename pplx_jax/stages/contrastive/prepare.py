@@ -41,6 +41,7 @@ from typing import Any
 
 import numpy as np
 
+from pplx_jax.core import paths
 from pplx_jax.data import prepared
 from pplx_jax.data import records as records_lib
 from pplx_jax.data.records import DataError
@@ -76,12 +77,12 @@ def triplet_records(validation_fraction: float = 0.05, seed: int = 0, num_negati
 def prepare_wordnet_triplets(out_dir, validation_fraction: float = 0.05, seed: int = 0, num_negatives: int = 3,
                              limit: int | None = None) -> Path:
   """A prepared triplet dataset (TFDS ArrayRecord) at out_dir/wordnet_triplets/1.0.0."""
-  out_dir = Path(out_dir)
+  out_dir = paths.as_path(out_dir)
   existing = out_dir / "wordnet_triplets" / "1.0.0"
   if (existing / "dataset_info.json").is_file():
     return existing
   out_dir.mkdir(parents=True, exist_ok=True)
-  with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
+  with tempfile.TemporaryDirectory(dir=None if paths.is_url(out_dir) else out_dir) as tmp:
     path = Path(tmp) / "wordnet_triplets.jsonl"
     with open(path, "w") as f:
       for r in triplet_records(validation_fraction, seed, num_negatives, limit):
@@ -278,7 +279,7 @@ def prepare_pairs(
   fields = {"query_field": query_field, "positive_field": positive_field, "negatives_field": negatives_field}
   params = {
       "kind": kind,
-      "inputs": [{"path": str(f.resolve()), "bytes": f.stat().st_size} for f in files],
+      "inputs": records_lib.input_params(files),
       "fields": fields if kind == "triplet" else {k: fields[k] for k in ("query_field", "positive_field")},
       "validation_fraction": validation_fraction,
       "seed": seed,

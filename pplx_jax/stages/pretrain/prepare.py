@@ -67,7 +67,7 @@ def prepare_text_dataset(
   files = records_lib.expand_inputs(inputs)
   params = {
       "kind": "text",
-      "inputs": [{"path": str(f.resolve()), "bytes": f.stat().st_size} for f in files],
+      "inputs": records_lib.input_params(files),
       "field": field,
       "validation_fraction": validation_fraction,
       "seed": seed,
