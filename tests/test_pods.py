@@ -212,6 +212,10 @@ def test_pair_run_in_a_bucket_resumes_and_converts_bucket_to_bucket(bucket, tmp_
   assert cli.main(["embed", "--model", str(ref), "--input", str(tmp_path / "texts.txt"),
                    "--output", str(tmp_path / "emb.npy")]) == 0
   np.testing.assert_array_equal(emb, np.load(tmp_path / "emb.npy"))
+  # the Hugging Face export in the bucket as a model (safetensors are read from a local copy)
+  assert cli.main(["embed", "--model", dst, "--input", f"{url}/texts.txt", "--output", f"{url}/emb_hf.npy"]) == 0
+  with paths.as_path(f"{url}/emb_hf.npy").open("rb") as f:
+    np.testing.assert_allclose(np.load(f), emb, rtol=0, atol=1e-6)
   common = ["--dtypes", "float32", "--max-queries", "20", "--max-docs", "60", "--ks", "10"]
   assert cli.main(["eval", "--model", work, "--data", f"{url}/pairs", "--json", f"{url}/eval.json"] + common) == 0
   assert cli.main(["eval", "--model", str(ref), "--data", str(local["pairs"]), "--json", str(tmp_path / "eval.json")]
