@@ -11,6 +11,7 @@ at it).
 
 import json
 import os
+import re
 import signal
 import subprocess
 from pathlib import Path
@@ -222,6 +223,19 @@ def test_pair_run_in_a_bucket_resumes_and_converts_bucket_to_bucket(bucket, tmp_
                   + common) == 0
   got = json.loads(paths.as_path(f"{url}/eval.json").read_text())
   assert got["metrics"] == json.loads((tmp_path / "eval.json").read_text())["metrics"] and got["num_queries"] == 20
+
+  # A flipped byte in the bucket's newest step: reading it fails naming the file; resume's check moves it to
+  # WORKDIR/corrupted/<step> (a bucket has no rename: copied, then deleted) and picks the older step.
+  step4 = ckpt.step_dir(work, 4)
+  rel = max(checksums.read(step4), key=lambda r: paths.size(step4 / r))  # the largest file: array data
+  data = bytearray((step4 / rel).read_bytes())
+  data[len(data) // 2] ^= 0xFF
+  (step4 / rel).write_bytes(bytes(data))
+  with pytest.raises(checksums.CorruptCheckpointError, match=re.escape(f"{step4 / rel}: checkpoint file is corrupt")):
+    load_lib.source_params(work)
+  assert ckpt.newest_good_step(work, [2, 4], log=lambda msg: None) == 2
+  assert not step4.exists() and (paths.as_path(work) / ckpt.CORRUPTED / "4" / rel).is_file()
+  assert ckpt.manager(work).all_steps() == [2]
 
 
 @pytest.mark.slow
