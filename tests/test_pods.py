@@ -131,6 +131,10 @@ def test_prepare_and_tokenizer_train_read_and_write_the_bucket(bucket, tmp_path)
   meta = prepared.dataset_metadata(f"{url}/prepared/t/1.0.0")["params"]["inputs"]
   assert [m["path"] for m in meta] == [f"{url}/raw/a.txt", f"{url}/raw/b.txt"]
 
+  # a built-in source prepared straight into the bucket (its JSONL staging file stays local)
+  assert cli.main(["prepare", "--wordnet", "--triplets", "--limit", "200", "--out", f"{url}/prepared"]) == 0
+  assert len(prepared.load_split(f"{url}/prepared/wordnet_triplets", "train")) > 0
+
   # `pplx-jax tokenizer train --input gs://... --out gs://...` == the same training on the local files
   from pplx_jax.core.tokenizers import load_tokenizer
   train = ["tokenizer", "train", "--kind", "bpe", "--vocab-size", "300"]
