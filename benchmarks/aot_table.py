@@ -139,6 +139,8 @@ def render(results: dict, args, started: str, done: bool) -> str:
       "v6e-N has N chips; topologies "
       + ", ".join(f"{p} = `{aot.POD_TOPOLOGIES[p]}`" for p in args.pods.split(",")) + ".",
       "",
+      "The remat sweep's choice and the embedding-gradient cell, re-measured later: [aot_sweep.md](aot_sweep.md).",
+      "",
       "| model | stage | pod (chips) | verdict | remat | attention | params + opt state (GiB) | temporaries (GiB) "
       "| total / budget (GiB) | step at 100% MFU | XLA FLOPs / model FLOPs |",
       "|---|---|---|---|---|---|---:|---:|---:|---:|---:|",
