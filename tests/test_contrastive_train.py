@@ -39,7 +39,8 @@ def setup(tmp_path_factory, wordnet_tokenizer):
 
 def small(root, sources, config="configs/contrastive/tiny.py", **over):
   overrides = [
-      f"--config.train.init_from={root / 'start'}", "--config.model.vocab_size=512", "--config.model.hidden_size=32",
+      f"--config.train.init_from={root / 'start'}", "--config.model.tie_embeddings=True",  # the start is tied
+      "--config.model.vocab_size=512", "--config.model.hidden_size=32",
       "--config.model.num_layers=2", "--config.model.num_heads=4", "--config.model.num_kv_heads=2",
       "--config.model.head_dim=8", "--config.model.mlp_dim=64", "--config.data.query_len=8",
       "--config.data.doc_len=16", "--config.train.global_batch=16", "--config.train.steps=4",

@@ -31,7 +31,7 @@ from pplx_jax.stages import registry
 REPO = Path(__file__).resolve().parent.parent
 TINY_MODEL = ["--config.model.vocab_size=512", "--config.model.hidden_size=32", "--config.model.num_layers=2",
               "--config.model.num_heads=4", "--config.model.num_kv_heads=2", "--config.model.head_dim=8",
-              "--config.model.mlp_dim=64"]
+              "--config.model.mlp_dim=64", "--config.model.tie_embeddings=True"]  # as the start `init` makes
 COMMON = ["--config.train.global_batch=8", "--config.train.log_every=1",
           "--config.optimizer.warmup_steps=1", "--config.train.async_checkpointing=False"]
 

@@ -234,7 +234,7 @@ def test_starts_from_a_hugging_face_checkpoint(data_setup, tmp_path):
                    num_key_value_heads=2, head_dim=8, tie_word_embeddings=True, rope_theta=1_000_000.0)
   Qwen3ForCausalLM(hc).save_pretrained(tmp_path / "hf")
   cfg = small_config(tok, ds, **{"train.steps": 1, "train.init_from": str(tmp_path / "hf"), "optimizer.lr": 0.0,
-                                 "model.rope_theta": 1_000_000.0})
+                                 "model.rope_theta": 1_000_000.0, "model.tie_embeddings": True})
   registry.run_stage(cfg, tmp_path / "w", devices=jax.devices()[:1])
   tensors, _ = hf.read_safetensors(tmp_path / "hf")
   mcfg, _ = ckpt.read_model_config(ckpt.resolve(tmp_path / "w").path)
@@ -245,6 +245,6 @@ def test_starts_from_a_hugging_face_checkpoint(data_setup, tmp_path):
     assert pa == pb and np.array_equal(a, b), pa
   # A config whose architecture differs from the checkpoint is refused, naming the field.
   bad = small_config(tok, ds, **{"train.init_from": str(tmp_path / "hf"), "model.mlp_dim": 96,
-                                 "model.rope_theta": 1_000_000.0})
+                                 "model.rope_theta": 1_000_000.0, "model.tie_embeddings": True})
   with pytest.raises(ValueError, match=r"mlp_dim: config 96 vs checkpoint 64"):
     registry.run_stage(bad, tmp_path / "w2", devices=jax.devices()[:1])

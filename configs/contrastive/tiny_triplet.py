@@ -7,6 +7,7 @@ from configs.model import tiny as tiny_model
 def get_config():
   cfg = base(tiny_model.get_config(), "triplet")
   cfg.model.vocab_size = 4096
+  cfg.model.tie_embeddings = False  # as the pretrained start (configs/pretrain/tiny.py says why)
   cfg.train.init_from = "runs/pipeline/pair"
   cfg.data.dir = "runs/pipeline/data"
   cfg.data.sources = ("wordnet_triplets",)
