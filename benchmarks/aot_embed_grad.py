@@ -38,10 +38,10 @@ def main(argv=None) -> int:
   from pplx_jax.stages import aot
 
   library_lookup = encoder.embed_lookup
+  lookups = {"before": ("plain jnp.take (before)", lambda t, i: jnp.take(t, i, axis=0)),
+             "after": ("encoder.embed_lookup (after)", library_lookup)}
   rows = []
   for dtype in args.compute_dtypes.split(","):
-    lookups = {"before": ("plain jnp.take (before)", lambda t, i: jnp.take(t, i, axis=0)),
-               "after": ("encoder.embed_lookup (after)", library_lookup)}
     for name, lookup in (lookups[k] for k in args.lookups.split(",")):
       encoder.embed_lookup = lookup  # the model calls it through the module, so this swaps it for this compile
       cfg = config_lib.load_config(args.config, [f"--config.model.remat={args.remat}",

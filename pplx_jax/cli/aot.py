@@ -9,9 +9,9 @@ import json
 HELP = "compile a stage's train step for a TPU topology on this machine: HBM, FLOPs, fit"
 
 
-def _json_out(path):
+def _write_json(path, doc: dict) -> None:
   from pplx_jax.core import paths
-  return paths.as_path(path).open("w")  # local or gs://
+  paths.write_text_atomic(path, json.dumps(doc, indent=2))  # local or gs://
 
 
 def run(args) -> int:
@@ -30,9 +30,8 @@ def run(args) -> int:
       raise config_lib.ConfigError(str(e)) from None
     print(format_sweep(reports, best), flush=True)
     if args.json:
-      with _json_out(args.json) as f:
-        json.dump({"reports": [dataclasses.asdict(r) | {"verdict": r.verdict()} for r in reports],
-                   "choice": best.remat if best else None}, f, indent=2)
+      _write_json(args.json, {"reports": [dataclasses.asdict(r) | {"verdict": r.verdict()} for r in reports],
+                              "choice": best.remat if best else None})
     return 0 if best else 3
   try:
     report = compile_stage(cfg, args.topology, budget_gib=args.budget_gib, config_name=str(args.config))
@@ -40,8 +39,7 @@ def run(args) -> int:
     raise config_lib.ConfigError(str(e)) from None
   print(format_report(report), flush=True)
   if args.json:
-    with _json_out(args.json) as f:
-      json.dump(dataclasses.asdict(report) | {"verdict": report.verdict()}, f, indent=2)
+    _write_json(args.json, dataclasses.asdict(report) | {"verdict": report.verdict()})
   return 0 if report.fits else 3
 
 

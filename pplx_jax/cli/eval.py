@@ -77,9 +77,7 @@ def run_contextual_eval(args: argparse.Namespace) -> int:
 
 def _write_json(path, report: dict) -> None:
   from pplx_jax.core import paths
-  out = paths.as_path(path)  # local or gs://
-  out.parent.mkdir(parents=True, exist_ok=True)
-  out.write_text(json.dumps(report, indent=2) + "\n")
+  paths.write_text_atomic(path, json.dumps(report, indent=2) + "\n")  # local or gs://
 
 
 def run(args: argparse.Namespace) -> int:

@@ -22,9 +22,8 @@ def run(args) -> int:
   os.environ.setdefault("HF_HUB_OFFLINE", "1")
   os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
   from pplx_jax.core import config as config_lib
-  from pplx_jax.recipe.pipeline import run_pipeline
-
   from pplx_jax.core import paths
+  from pplx_jax.recipe.pipeline import run_pipeline
 
   cfg = config_lib.load_config(args.config, args.overrides)
   if args.force:

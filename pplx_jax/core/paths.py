@@ -8,7 +8,7 @@
   'anon'), tensorstore (`TENSORSTORE_GCS_HTTP_URL`), array_record's google-cloud-cpp reader
   (`CLOUD_STORAGE_EMULATOR_ENDPOINT`), google-cloud-storage and Beam (`STORAGE_EMULATOR_HOST` itself). gcsfs's
   listing cache is off everywhere: a stale listing hides a step another process (or orbax's rename) just wrote.
-- `write_text_atomic`, `copy_tree`, `move`, `rmtree`, `glob_files`, `size`: the file operations the project needs,
+- `write_text_atomic`, `copy_tree`, `move`, `rmtree`, `glob_files`, `expand_files`, `size`: the file operations the project needs,
   the same call for both kinds of path.
 - `staged_output(dst)`: a temporary folder that becomes `dst` on success (a local sibling renamed into place; for
   a bucket, a local folder uploaded when complete) and disappears on failure.
@@ -123,6 +123,35 @@ def glob_files(pattern: str) -> list[AnyPath]:
   if not fs.isfile(key):
     raise FileNotFoundError(f"input file {pattern!r} does not exist")
   return [as_path(pattern)]
+
+
+def expand_files(paths_or_globs) -> list[AnyPath]:
+  """Files named by paths and globs (``**`` recursive), in the given order, each glob sorted; a gs:// URL or glob
+  gives bucket paths, read in place.
+
+  A glob that matches no file, or a path that is not a file, raises ``FileNotFoundError`` naming it.
+  """
+  import glob as glob_lib
+  if isinstance(paths_or_globs, (str, os.PathLike)):
+    paths_or_globs = [paths_or_globs]
+  files: list[AnyPath] = []
+  for pattern in paths_or_globs:
+    if is_url(pattern):
+      files.extend(glob_files(str(pattern)))
+      continue
+    pattern = os.fspath(pattern)
+    if glob_lib.has_magic(pattern):
+      matches = [m for m in sorted(glob_lib.glob(pattern, recursive=True)) if os.path.isfile(m)]
+      if not matches:
+        raise FileNotFoundError(f"input pattern {pattern!r} matched no file")
+      files.extend(Path(m) for m in matches)
+    elif os.path.isfile(pattern):
+      files.append(Path(pattern))
+    else:
+      raise FileNotFoundError(f"input file {pattern!r} does not exist")
+  if not files:
+    raise FileNotFoundError("no input files given")
+  return files
 
 
 def size(path) -> int:

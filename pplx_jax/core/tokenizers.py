@@ -43,7 +43,6 @@ SentencePiece conventions chosen by `train_sentencepiece`
 from __future__ import annotations
 
 import abc
-import glob
 import io
 import json
 import os
@@ -486,29 +485,12 @@ def qwen3_tokenizer(out_dir: str | os.PathLike | None = None) -> HuggingFaceToke
 # Training
 
 
-def _expand_inputs(inputs: Sequence[str | os.PathLike]) -> list[Path]:
-  if isinstance(inputs, (str, os.PathLike)):
-    inputs = [inputs]
-  files: list[Path] = []
-  for pattern in inputs:
-    pattern = str(pattern)
-    if paths.is_url(pattern):  # gs:// files and globs, read in place
-      files.extend(paths.glob_files(pattern))
-      continue
-    matches = sorted(glob.glob(pattern, recursive=True)) if glob.has_magic(pattern) else [pattern]
-    matches = [m for m in matches if Path(m).is_file()]
-    if not matches:
-      raise FileNotFoundError(f"training input {pattern} matched no file")
-    files.extend(Path(m) for m in matches)
-  return files
-
-
 def iter_documents(inputs: Sequence[str | os.PathLike]) -> Iterator[str]:
   """Documents from text files (one per line) or .jsonl files (`text` field); empty ones are skipped.
 
   Errors name the file and the 1-based line number.
   """
-  for path in _expand_inputs(inputs):
+  for path in paths.expand_files(inputs):
     is_jsonl = path.suffix == ".jsonl"
     with paths.as_path(path).open("rb") as f:
       for lineno, raw in enumerate(f, start=1):

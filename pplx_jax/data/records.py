@@ -17,7 +17,6 @@ reason) and counted in ``stats[reason]``.
 
 from __future__ import annotations
 
-import glob
 import gzip
 import json
 import logging
@@ -47,32 +46,8 @@ class DataError(UserError):
     super().__init__(f"{where}: {detail}")
 
 
-def expand_inputs(paths_or_globs: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Path]:
-  """Files named by paths and globs (``**`` recursive), in the given order, each glob sorted; a gs:// URL or glob
-  gives bucket paths (`core.paths`), read in place.
-
-  A glob that matches no file, or a path that is not a file, raises ``FileNotFoundError`` naming it.
-  """
-  if isinstance(paths_or_globs, (str, os.PathLike)):
-    paths_or_globs = [paths_or_globs]
-  files: list[Path] = []
-  for pattern in paths_or_globs:
-    if paths.is_url(pattern):
-      files.extend(paths.glob_files(str(pattern)))
-      continue
-    pattern = os.fspath(pattern)
-    if glob.has_magic(pattern):
-      matches = [m for m in sorted(glob.glob(pattern, recursive=True)) if os.path.isfile(m)]
-      if not matches:
-        raise FileNotFoundError(f"input pattern {pattern!r} matched no file")
-      files.extend(Path(m) for m in matches)
-    elif os.path.isfile(pattern):
-      files.append(Path(pattern))
-    else:
-      raise FileNotFoundError(f"input file {pattern!r} does not exist")
-  if not files:
-    raise FileNotFoundError("no input files given")
-  return files
+# Files named by paths and globs, local or gs://: the one expander (core.paths, where the tokenizer trainer uses it too).
+expand_inputs = paths.expand_files
 
 
 def input_params(files) -> list[dict]:
@@ -255,11 +230,7 @@ def skipped(stats: dict) -> dict:
 
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
   """Every object of a JSONL file such as a run's metrics.jsonl, local or gs:// ([] when the file does not exist)."""
-  if paths.is_url(path):
-    if not paths.as_path(path).is_file():
-      return []
-    path = paths.local_copy(path)
-  path = Path(path)
+  path = paths.as_path(path)  # a bucket file is streamed (open_binary)
   if not path.is_file():
     return []
   rows = []
