@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Issue 16.5b's AOT cell before/after in one command: the 0.6B contrastive step on v5p-64 compiled with the plain
-embedding lookup (`jnp.take`: its transpose scatters into an unsharded [V, D] buffer) and with the library's
-`models.encoder.embed_lookup` (the scatter born in the parameter's (vocab, embed) sharding), everything else equal.
+embedding lookup (the FSDP table all-gathered, then `jnp.take`, whose transpose scatters into an unsharded [V, D]
+buffer) and with the library's `models.encoder.embed_lookup` (ids gathered, a lookup in each chip's own columns and
+one all-to-all; its transpose scatters into the chip's own slice), everything else equal.
 
     .venv/bin/python benchmarks/aot_embed_grad.py [--config configs/contrastive/qwen3_0_6b.py:v5p-64]
         [--topology v5p-64] [--remat full] [--compute-dtypes bfloat16] [--json out.json]
@@ -34,11 +35,12 @@ def main(argv=None) -> int:
   import jax.numpy as jnp
 
   from pplx_jax.core import config as config_lib
+  from pplx_jax.core.sharding import constrain
   from pplx_jax.models import encoder
   from pplx_jax.stages import aot
 
   library_lookup = encoder.embed_lookup
-  lookups = {"before": ("plain jnp.take (before)", lambda t, i: jnp.take(t, i, axis=0)),
+  lookups = {"before": ("plain jnp.take (before)", lambda t, i: jnp.take(constrain(t, ("vocab", None)), i, axis=0)),
              "after": ("encoder.embed_lookup (after)", library_lookup)}
   rows = []
   for dtype in args.compute_dtypes.split(","):

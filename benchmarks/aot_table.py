@@ -9,6 +9,8 @@ Rows: Qwen3-0.6B and 4B, diffusion (seq 4096, global batch 1024: configs/pretrai
 v6e-64/-256. Each cell is one `pplx-jax aot --config <file>:<pod> --topology <pod>` in its own process (a compile
 error in one cell does not stop the table), `--jobs` at a time. `--remat a,b,...`: policies tried in order, the first
 that fits within the budget is reported (list the cheaper-to-recompute ones first; `config` = the config's own).
+`--sweep full,dots,none`: each cell is one `pplx-jax aot --remat-sweep` instead: every policy compiled (except those
+that save more than one that does not fit), the fastest that fits by XLA's estimate reported, the rest in a column.
 The Markdown is rewritten after every cell, so a partial table is readable while the rest compiles. On 2 busy CPU
 cores a 0.6B compile takes 2-7 minutes, a 4B one longer.
 """
@@ -46,6 +48,7 @@ def parse_args(argv=None):
   ap.add_argument("--rows", default=",".join(ROWS))
   ap.add_argument("--pods", default=",".join(PODS))
   ap.add_argument("--remat", default="config", help="remat policies to try in order (first that fits wins)")
+  ap.add_argument("--sweep", default="", help="remat sweep per cell (pplx-jax aot --remat-sweep), e.g. full,dots,none")
   ap.add_argument("--budget-gib", type=float, default=80.0,
                   help="HBM per chip a cell must fit in (capped at the chip's capacity; v6e has 32 GiB)")
   ap.add_argument("--jobs", type=int, default=1, help="compiles at a time (each is CPU-bound)")
@@ -62,21 +65,26 @@ def compile_cell(row: str, pod: str, remat: str, args) -> dict:
   budget = min(args.budget_gib, aot.CHIPS[gen][0])
   work = Path(args.work)
   work.mkdir(parents=True, exist_ok=True)
-  tag = f"{row}_{pod}_{remat}"
+  tag = f"{row}_{pod}_{'sweep-' + args.sweep.replace(',', '-') if args.sweep else remat}"
   out_json, log = work / f"{tag}.json", work / f"{tag}.log"
   if (args.reuse or args.render_only) and out_json.exists():
-    return dict(json.loads(out_json.read_text()), row=row, pod=pod)
+    r = json.loads(out_json.read_text())
+    return dict(_sweep_cell(r) if args.sweep else r, row=row, pod=pod)
   if args.render_only:
     return None
   cmd = [sys.executable, "-m", "pplx_jax.cli", "aot", "--config", f"{cfg_file}:{pod}", "--topology", pod,
          "--budget-gib", str(budget), "--json", str(out_json)]
-  if remat != "config":
+  if args.sweep:
+    cmd += ["--remat-sweep", args.sweep]
+  elif remat != "config":
     cmd.append(f"--config.model.remat={remat}")
   t0 = time.time()
   with open(log, "w") as f:
     code = subprocess.call(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT)
   if code in (0, 3) and out_json.exists():
     r = json.loads(out_json.read_text())
+    if args.sweep:
+      r = _sweep_cell(r)
   else:
     tail = [ln for ln in log.read_text().splitlines() if ln.strip() and not ln.startswith(("W0", "I0", "E0"))][-3:]
     r = {"error": f"exit {code}: " + " | ".join(tail)[-300:], "fits": False}
@@ -86,7 +94,30 @@ def compile_cell(row: str, pod: str, remat: str, args) -> dict:
   return r
 
 
+def _sweep_cell(doc: dict) -> dict:
+  """The sweep's chosen report (or, when none fits, the smallest compiled one) with every policy's line."""
+  reports = doc["reports"]
+  chosen = [r for r in reports if r["remat"] == doc["choice"]]
+  compiled = [r for r in reports if not r.get("message", "").startswith("not compiled")]
+  best = chosen[0] if chosen else min(compiled, key=lambda r: r["total_gib"])
+  return dict(best, sweep=reports)
+
+
+def _sweep_text(r: dict) -> str:
+  parts = []
+  for x in r.get("sweep", ()):
+    if x.get("message", "").startswith("not compiled"):
+      parts.append(f"{x['remat']}: not compiled")
+      continue
+    est = f", {x['xla_seconds'] * 1e3:.1f} ms" if x.get("xla_seconds") else ""
+    text = f"{x['remat']} {x['total_gib']:.1f}{est}" + ("" if x["fits"] else " (no fit)")
+    parts.append(f"**{text}**" if x["remat"] == r["remat"] and r["fits"] else text)
+  return "; ".join(parts)
+
+
 def run_cell(row, pod, args):
+  if args.sweep:
+    return compile_cell(row, pod, "sweep", args)
   remats = args.remat.split(",")
   r = None
   for remat in remats:
@@ -96,19 +127,21 @@ def run_cell(row, pod, args):
   return r
 
 
-def fmt_cell(r: dict | None) -> list[str]:
+def fmt_cell(r: dict | None, sweep: bool = False) -> list[str]:
+  blank = [""] * (8 if sweep else 7)
   if r is None:
-    return ["not compiled in this run"] + [""] * 7
+    return ["not compiled in this run"] + blank
   if "error" in r:
-    return ["compile error: " + r["error"]] + [""] * 7
+    return ["compile error: " + r["error"]] + blank
   g = lambda k: "" if r.get(k) is None else f"{r[k]:.1f}"
   verdict = (f"fits, {100 * (1 - r['total_gib'] / r['budget_gib']):.0f}% headroom" if r["fits"]
              else f"**DOES NOT FIT**: needs {r['total_gib']:.1f} GiB")
   step = f"{r['ideal_seconds']:.2f} s" if r.get("ideal_seconds") else ""
   ratio = (f"{r['compiled_flops_per_chip'] / r['model_flops_per_chip']:.3f}"
            if r.get("compiled_flops_per_chip") and r.get("model_flops_per_chip") else "")
-  return [verdict, r["remat"], r["attention_impl"], g("argument_gib"), g("temp_gib"),
-          f"{r['total_gib']:.1f} / {r['budget_gib']:.0f}", step, ratio]
+  cells = [verdict, r["remat"], r["attention_impl"], g("argument_gib"), g("temp_gib"),
+           f"{r['total_gib']:.1f} / {r['budget_gib']:.0f}", step, ratio]
+  return cells + [_sweep_text(r)] if sweep else cells
 
 
 def render(results: dict, args, started: str, done: bool) -> str:
@@ -129,7 +162,8 @@ def render(results: dict, args, started: str, done: bool) -> str:
       "runs/aot_table):",
       "",
       "```bash",
-      f".venv/bin/python benchmarks/aot_table.py --remat {args.remat} --jobs {args.jobs}",
+      ".venv/bin/python benchmarks/aot_table.py "
+      + (f"--sweep {args.sweep}" if args.sweep else f"--remat {args.remat}") + f" --jobs {args.jobs}",
       "# one cell: .venv/bin/pplx-jax aot --config configs/pretrain/qwen3_0_6b.py:v5p-128 --topology v5p-128",
       "```",
       "",
@@ -142,15 +176,16 @@ def render(results: dict, args, started: str, done: bool) -> str:
       "The remat sweep's choice and the embedding-gradient cell, re-measured later: [aot_sweep.md](aot_sweep.md).",
       "",
       "| model | stage | pod (chips) | verdict | remat | attention | params + opt state (GiB) | temporaries (GiB) "
-      "| total / budget (GiB) | step at 100% MFU | XLA FLOPs / model FLOPs |",
-      "|---|---|---|---|---|---|---:|---:|---:|---:|---:|",
+      "| total / budget (GiB) | step at 100% MFU | XLA FLOPs / model FLOPs |"
+      + (" remat sweep: total GiB per chip, XLA's estimate (chosen in bold) |" if args.sweep else ""),
+      "|---|---|---|---|---|---|---:|---:|---:|---:|---:|" + ("---|" if args.sweep else ""),
   ]
   for row in args.rows.split(","):
     model, stage, _ = ROWS[row]
     for pod in args.pods.split(","):
       _, gen = aot.resolve_topology(pod)
       chips = {"v5p": int(pod.split("-")[1]) // 2}.get(gen, int(pod.split("-")[1]))
-      lines.append(f"| {model} | {stage} | {pod} ({chips}) | " + " | ".join(fmt_cell(results.get((row, pod))))
+      lines.append(f"| {model} | {stage} | {pod} ({chips}) | " + " | ".join(fmt_cell(results.get((row, pod)), bool(args.sweep)))
                    + " |")
   lines += ["", "Columns: *params + opt state* = the compiled step's arguments (float32 parameters and AdamW "
             "moments, FSDP-sharded, plus the batch); *temporaries* = everything XLA allocates inside the step "

@@ -143,3 +143,18 @@ def test_batch_shapes_match_what_the_pipelines_yield():
         return collate([(0, i) for i in range(4)])
 
     assert layout(next(PhasedPipeline(lambda phase: Inner(), [10]))) == task.batch_shapes(4), path
+
+
+def test_remat_sweep_skips_policies_that_save_more_than_one_that_does_not_fit(capsys, tmp_path):
+  out_json = tmp_path / "sweep.json"
+  code, out = _run(capsys, "--config", TINY_PRETRAIN, "--topology", "v5e:2x2", "--budget-gib", "0.001",
+                   "--remat-sweep", "full,dots,none", "--json", str(out_json))
+  assert code == 3, out
+  r = json.loads(out_json.read_text())
+  by = {x["remat"]: x for x in r["reports"]}
+  assert r["choice"] is None and not any(x["fits"] for x in by.values())
+  assert by["full"]["compile_s"] > 0 and by["full"]["temp_gib"] is not None  # compiled, and too big
+  for policy in ("dots", "none"):
+    assert by[policy]["message"].startswith("not compiled: saves more than remat=full"), by[policy]
+    assert by[policy]["temp_gib"] is None
+  assert "choice: none fits" in out

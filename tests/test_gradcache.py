@@ -199,7 +199,9 @@ CASES += [("pair_mrl", 512, 512 // MEM_CHUNK, "none"),  # the memory test's prog
 def test_gradcache_equals_full_batch_gradients(name, n, num_chunks, quantize):
   exe = compiled(name, n, num_chunks, quantize)
   text = exe.as_text()
-  assert "all-to-all" not in text and "collective-permute" not in text  # chunking never moves rows between devices
+  # chunking never moves rows between devices (the embedding lookup's all-to-all trades table columns for rows)
+  moves = [line for line in text.splitlines() if " all-to-all(" in line or " collective-permute(" in line]
+  assert moves and all("embed_lookup" in line for line in moves), [m[:300] for m in moves if "embed_lookup" not in m]
   _, _, params = setup()
   params = dict(jax.tree_util.tree_flatten_with_path(params)[0])
   for path, sh in jax.tree_util.tree_flatten_with_path(exe.output_shardings[2])[0]:

@@ -104,6 +104,12 @@ def constrain(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
   return jax.lax.with_sharding_constraint(x, logical_to_spec(names))
 
 
+def mesh_axes(logical: str) -> tuple[str, ...]:
+  """The mesh axes the active rules map a logical name onto (empty when it is replicated or no rules are set)."""
+  axes = dict(flax_spmd.get_logical_axis_rules()).get(logical)
+  return (axes,) if isinstance(axes, str) else tuple(axes or ())
+
+
 def batch_sharding(mesh: Mesh, rules: Sequence[tuple[str, Any]], ndim: int = 2) -> NamedSharding:
   """Sharding of a [batch, ...] input array: batch over the rule for act_batch, the rest replicated."""
   return NamedSharding(mesh, logical_to_spec(("act_batch",) + (None,) * (ndim - 1), rules))

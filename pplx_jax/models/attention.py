@@ -27,6 +27,8 @@ import jax.numpy as jnp
 from flax.core import spmd as flax_spmd
 from jax.sharding import PartitionSpec as P
 
+from pplx_jax.core.sharding import mesh_axes
+
 # Splash tiles the sequence in blocks; its kv compute block must be a multiple of the 128 TPU lanes.
 SPLASH_BLOCK = 512
 SPLASH_MIN_BLOCK = 128
@@ -103,11 +105,6 @@ def _xla_attention(q, k, v, segment_ids, causal):
 # ---- splash (TPU Pallas) ----
 
 
-def _mesh_axes(logical: str) -> tuple[str, ...]:
-  axes = dict(flax_spmd.get_logical_axis_rules()).get(logical)
-  return (axes,) if isinstance(axes, str) else tuple(axes or ())
-
-
 # Not cached: the kernel holds its block-sparsity tables as arrays staged into the current trace (a cached kernel
 # would leak them into the next one); building it is a few NumPy ops on a (S/512)^2 block grid.
 def _splash_kernel(num_heads: int, seq_len: int, causal: bool, interpret: bool):
@@ -157,7 +154,7 @@ def splash_attention(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.
   mesh = jax.sharding.get_abstract_mesh()
   if mesh is None or mesh.empty or not flax_spmd.get_logical_axis_rules():
     return local(q, k, v, segment_ids)
-  batch, heads, kv_heads = _mesh_axes("act_batch"), _mesh_axes("act_heads"), _mesh_axes("act_kv_heads")
+  batch, heads, kv_heads = mesh_axes("act_batch"), mesh_axes("act_heads"), mesh_axes("act_kv_heads")
   if heads != kv_heads:
     raise ValueError(f"splash attention: query heads are sharded over {heads} but KV heads over {kv_heads} "
                      "(sharding rules act_heads / act_kv_heads must match so each device keeps whole GQA groups)")

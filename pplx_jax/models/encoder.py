@@ -18,10 +18,12 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from flax.core import spmd as flax_spmd
 from jax.ad_checkpoint import checkpoint_name
+from jax.sharding import PartitionSpec as P
 
 from pplx_jax.core.model_config import ModelConfig
-from pplx_jax.core.sharding import constrain, to_dtype
+from pplx_jax.core.sharding import constrain, mesh_axes, to_dtype
 from pplx_jax.models import attention as attn_lib
 from pplx_jax.models import precision
 
@@ -174,33 +176,55 @@ def remat_policy(name: str):
   }[name]
 
 
-@jax.custom_vjp
 def embed_lookup(table: jax.Array, ids: jax.Array) -> jax.Array:
-  """`table[ids]` whose gradient is born sharded like the table's parameter (vocab, embed).
+  """`table[ids]` for the (vocab, embed)-sharded parameter table and [B, S] batch-sharded ids, never holding the
+  whole table on a chip.
 
-  The plain lookup's transpose scatters into an unsharded [V, D] buffer (the gathered table's layout): for Qwen3-0.6B
-  in the contrastive step that is [151936, 1024] float32 buffers on every chip. Constraining the scatter's output
-  to the parameter's sharding lets XLA reduce-scatter instead. Measured with `benchmarks/aot_embed_grad.py` (0.6B
-  contrastive on v5p-64): 4.61 -> 3.88 GiB per chip on the branch it was written on, but 5.36 -> 6.05 GiB on
-  main's mixed-precision program (docs/aot_sweep.md). Kept for now (3% faster by XLA's estimate); the next change
-  to this lookup must beat the plain one there."""
-  return jnp.take(table, ids, axis=0)
+  Under FSDP the table's embed dimension is split over the same mesh axes as the batch. A plain lookup all-gathers
+  the table (a [V, D] copy per chip: 594 MiB float32 for Qwen3's 151,936 x 1,024) and its transpose scatters into
+  another unsharded [V, D] before reduce-scattering. Here each chip instead gathers the ids of its FSDP group (a few
+  KiB of int32), looks them up in its own [V, D/n] columns, and one all-to-all trades the columns of every row for
+  the rows of its own batch block. The transpose is the mirror image: an all-to-all of the rows' gradients and a
+  scatter into the chip's own [V, D/n] slice, born in the parameter's sharding with nothing left to reduce over
+  FSDP. Vocabulary sharding (tensor parallelism) adds a masked lookup and a psum. Layouts this does not cover (the
+  embed axes not among the batch axes, a sharded length or activation embed axis) take the plain lookup.
+  Measured (`benchmarks/aot_embed_grad.py`, 0.6B contrastive on v5p-64, bf16): 5.36 -> 5.00 GiB per chip, none of
+  the plain lookup's seven [151936, 1024] float32 buffers left (docs/aot_sweep.md)."""
+  plan = _lookup_plan(ids.ndim)
+  if plan is None:
+    return jnp.take(constrain(table, ("vocab", None)), ids, axis=0)
+  vocab_axes, embed_axes, table_spec, ids_spec, out_spec = plan
+
+  def local(t, i):  # t: [V / v, D / n], i: [B / b, S]
+    i = jax.lax.all_gather(i, embed_axes, axis=0, tiled=True)  # the FSDP group's ids, [B / b * n, S]
+    if vocab_axes:  # this chip holds rows [start, start + rows) of the vocabulary
+      rows = t.shape[0]
+      local_ids = i - jax.lax.axis_index(vocab_axes) * rows
+      inside = (local_ids >= 0) & (local_ids < rows)
+      cols = jnp.take(t, jnp.where(inside, local_ids, 0), axis=0) * inside[..., None].astype(t.dtype)
+      cols = jax.lax.psum(cols, vocab_axes)
+    else:
+      cols = jnp.take(t, i, axis=0)  # [B / b * n, S, D / n]
+    # chunk k of the group's rows goes to the group's k-th chip; the D / n columns arrive in embed-shard order
+    return jax.lax.all_to_all(cols, embed_axes, split_axis=0, concat_axis=cols.ndim - 1, tiled=True)
+
+  with jax.named_scope("embed_lookup"):  # names its collectives in the HLO (tests tell them from chunking's)
+    return jax.shard_map(local, in_specs=(table_spec, ids_spec), out_specs=out_spec)(table, ids)
 
 
-def _embed_lookup_fwd(table, ids):
-  # a [V, 0] array carries the table's row count and dtype (static) at no memory cost
-  return jnp.take(table, ids, axis=0), (ids, jnp.zeros((table.shape[0], 0), table.dtype))
-
-
-def _embed_lookup_bwd(res, g):
-  ids, like = res
-  grad = jnp.zeros((like.shape[0], g.shape[-1]), g.dtype)
-  grad = constrain(grad, ("vocab", "embed"))
-  grad = grad.at[ids.reshape(-1)].add(g.reshape(-1, g.shape[-1]))
-  return constrain(grad, ("vocab", "embed")).astype(like.dtype), None
-
-
-embed_lookup.defvjp(_embed_lookup_fwd, _embed_lookup_bwd)
+def _lookup_plan(ids_ndim: int):
+  """Mesh axes and specs for the all-to-all lookup under the active mesh and rules, or None for the plain one."""
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh is None or mesh.empty or not flax_spmd.get_logical_axis_rules():
+    return None
+  size = lambda axes: math.prod(mesh.shape[a] for a in axes)
+  vocab_axes, embed_axes, batch = mesh_axes("vocab"), mesh_axes("embed"), mesh_axes("act_batch")
+  rest = [a for name in ("act_length", "act_embed") for a in mesh_axes(name)]
+  if size(embed_axes) == 1 or not set(embed_axes) <= set(batch) or set(vocab_axes) & set(batch) or rest:
+    return None
+  vocab, embed, batch = vocab_axes or None, embed_axes or None, batch or None
+  tail = (None,) * (ids_ndim - 1)
+  return vocab_axes, embed_axes, P(vocab, embed), P(batch, *tail), P(batch, *tail, None)
 
 
 def _param(key, shape, names, kind, dtype):
@@ -252,10 +276,7 @@ class Encoder(nnx.Module):
     segment_ids = segment_ids.astype(jnp.int32)
     if positions is None:
       positions = segment_positions(segment_ids)
-    # Gather the table's embed dimension (FSDP all-gather) before the lookup, so the [B, S, D] result can be born
-    # batch-sharded instead of being rematerialised from a D-sharded gather.
-    table = constrain(self.embed_tokens[...], ("vocab", None))
-    x = embed_lookup(table, input_ids).astype(residual_dtype(cfg))
+    x = embed_lookup(self.embed_tokens[...], input_ids).astype(residual_dtype(cfg))
     x = constrain(x, ("act_batch", "act_length", "act_embed"))
     cos, sin = rope_tables(positions, cfg)
 

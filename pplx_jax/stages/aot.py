@@ -207,26 +207,45 @@ def compile_stage(cfg, topology: str, budget_gib: float | None = None, config_na
 # ---- output ----
 
 
+# What each policy saves for the backward pass is a superset of what the policies named here save ("full" saves
+# nothing, "none" everything), so where one of these does not fit the policies listed after it cannot fit either.
+SAVES_MORE_THAN = {"full": ("save_attention_out", "dots_with_no_batch_dims", "dots", "none"),
+                   "dots_with_no_batch_dims": ("dots", "none"), "dots": ("none",), "save_attention_out": ("none",)}
+
+
 def remat_sweep(cfg, topology: str, budget_gib: float | None = None, config_name: str = "",
                 policies: tuple[str, ...] | None = None, on_report=None) -> tuple[list[Report], Report | None]:
   """Compile the step once per remat policy; the choice is the fastest by XLA's time estimate among those that fit
   (the estimate counts loop bodies once, but the policies share one loop structure, so it ranks them; without an
-  estimate the smallest fitting program is chosen)."""
+  estimate the smallest fitting program is chosen). A policy that saves more than one already found not to fit is
+  not compiled (a paper-scale cell takes minutes per policy): its report says so and does not fit."""
   from pplx_jax.core.model_config import REMAT_POLICIES
 
   reports = []
   for policy in policies or REMAT_POLICIES:
     c = cfg.copy_and_resolve_references()
     c.model.remat = policy
-    reports.append(compile_stage(c, topology, budget_gib=budget_gib, config_name=config_name))
+    over = [r for r in reports if not r.fits and policy in SAVES_MORE_THAN.get(r.remat, ())]
+    if over:
+      reports.append(dataclasses.replace(over[0], remat=policy, fits=False, compile_s=0.0, argument_gib=None,
+                                         output_gib=None, alias_gib=None, temp_gib=None, code_gib=None,
+                                         compiled_flops_per_chip=None, xla_seconds=None,
+                                         message=f"not compiled: saves more than remat={over[0].remat}, which "
+                                                 f"needs {over[0].total_gib:.1f} GiB"))
+    else:
+      reports.append(compile_stage(c, topology, budget_gib=budget_gib, config_name=config_name))
     if on_report:  # a v5p cell compiles for minutes per policy: report each as it comes
       on_report(reports[-1])
+  return reports, choose(reports)
+
+
+def choose(reports) -> Report | None:
+  """The fastest fitting report by XLA's estimate (the smallest when none has one); None when nothing fits."""
   fitting = [r for r in reports if r.fits]
   if not fitting:
-    return reports, None
+    return None
   timed = [r for r in fitting if r.xla_seconds]
-  best = min(timed, key=lambda r: r.xla_seconds) if timed else min(fitting, key=lambda r: r.total_gib)
-  return reports, best
+  return min(timed, key=lambda r: r.xla_seconds) if timed else min(fitting, key=lambda r: r.total_gib)
 
 
 def format_sweep(reports: list[Report], best: Report | None) -> str:
@@ -237,6 +256,8 @@ def format_sweep(reports: list[Report], best: Report | None) -> str:
 
 
 def sweep_line(r: Report, chosen: bool = False) -> str:
+  if r.message.startswith("not compiled"):
+    return f"  {r.remat:<24} {r.message}"
   return (f"  {r.remat:<24} {r.total_gib:7.2f} / {r.budget_gib:.0f} GiB  {'fits' if r.fits else 'DOES NOT FIT'}  "
           f"XLA {_secs(r.xla_seconds) if r.xla_seconds else 'n/a'}{'  <- chosen' if chosen else ''}")
 
