@@ -59,8 +59,9 @@ def make_batch(shape, n, q_len, d_len, seed=0):
 
 class JaxStep:
 
-  def __init__(self, shape, dtype, batch, remat):
-    cfg = ds.model_config(dict(shape, batch=1, seq=1), dict(ds.CPU_DEFAULTS, dtype=dtype, remat=remat))
+  def __init__(self, shape, dtype, batch, remat, residual="float32"):
+    cfg = ds.model_config(dict(shape, batch=1, seq=1), dict(ds.CPU_DEFAULTS, dtype=dtype, remat=remat,
+                                                            residual=residual))
     self.cfg = cfg.replace(lm_head=False, tie_embeddings=False)
     graphdef, state = nnx.split(encoder.create_model(self.cfg, seed=0))
     params = nnx.to_pure_dict(state)
@@ -151,6 +152,7 @@ def main():
   ap.add_argument("--d-len", type=int, default=128)
   ap.add_argument("--layers", type=int, default=None)
   ap.add_argument("--remat", default="dots_with_no_batch_dims")
+  ap.add_argument("--residual", choices=("float32", "compute"), default="float32", help="model.residual_dtype")
   ap.add_argument("--steps", type=int, default=3)
   ap.add_argument("--warmup", type=int, default=1)
   ap.add_argument("--matmul-n", type=int, default=2048)
@@ -167,7 +169,7 @@ def main():
         flush=True)
   rows = []
   for dtype in [d for d in args.dtypes.split(",") if d]:
-    js = JaxStep(shape, dtype, batch, args.remat)
+    js = JaxStep(shape, dtype, batch, args.remat, args.residual)
     print(f"[compile] {shape['name']} {dtype}: {js.compile_s:.1f}s", flush=True)
     runners = {"jax": js, "jax matmul": ds.JaxMatmul(args.matmul_n, dtype)}
     if not args.no_torch:

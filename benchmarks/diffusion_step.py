@@ -73,9 +73,9 @@ QWEN3_0_6B = dict(name="qwen3-0.6b", hidden=1024, layers=28, heads=16, kv_heads=
 
 # The fastest JAX settings found on CPU (see benchmarks/README.md and --sweep) and the GPU defaults.
 CPU_DEFAULTS = dict(scan=True, remat="dots_with_no_batch_dims", ce_chunk=1024, attn="library", ce="fused",
-                    layer="library", dtype="float32")
+                    layer="library", dtype="float32", residual="float32")
 GPU_DEFAULTS = dict(scan=True, remat="dots_with_no_batch_dims", ce_chunk=1024, attn="cudnn", ce="fused",
-                    layer="library", dtype="bfloat16")
+                    layer="library", dtype="bfloat16", residual="float32")
 
 # --sweep: each variant changes the CPU defaults by these fields (measured round-robin in one process).
 SWEEP = (
@@ -130,6 +130,8 @@ def parse_args(argv=None):
   ap.add_argument("--unstack", choices=("true", "false"), default=None,
                   help="with --scan false: split the stacked layer params once (lax.unstack) instead of indexing")
   ap.add_argument("--dtype", choices=("float32", "bfloat16"), default=None, help="JAX compute dtype")
+  ap.add_argument("--residual", choices=("float32", "compute"), default=None,
+                  help="model.residual_dtype: the residual stream in float32 (default) or the compute dtype")
   ap.add_argument("--dtypes", default="", help="comma-separated compute dtypes, one row each (e.g. float32,bfloat16); "
                   "torch runs in the same precision (bf16 autocast), the matmul peak too")
   ap.add_argument("--profile", action="store_true",
@@ -332,6 +334,7 @@ def model_config(shape, opts) -> ModelConfig:
   return ModelConfig(vocab_size=shape["vocab"], hidden_size=shape["hidden"], num_layers=shape["layers"],
                      num_heads=shape["heads"], num_kv_heads=shape["kv_heads"], head_dim=shape["head_dim"],
                      mlp_dim=shape["mlp"], compute_dtype=opts["dtype"], param_dtype="float32",
+                     residual_dtype=opts.get("residual", "float32"),
                      remat=opts["remat"], scan_layers=bool(opts["scan"]), tie_embeddings=True,
                      attention="bidirectional")
 
@@ -636,7 +639,7 @@ def resolve_opts(args) -> dict:
     opts["scan"] = args.scan == "true"
   if args.unstack is not None:
     opts["unstack"] = args.unstack == "true"
-  for k in ("remat", "attn", "ce", "layer", "dtype"):
+  for k in ("remat", "attn", "ce", "layer", "dtype", "residual"):
     if getattr(args, k) is not None:
       opts[k] = getattr(args, k)
   if args.ce_chunk is not None:

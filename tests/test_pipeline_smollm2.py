@@ -127,6 +127,13 @@ def test_plan_starts_every_path_from_the_bundled_gguf(tmp_path):
   assert local.stage_cfgs["pretrain"].data.source == "wordnet+apt+pydoc"
   assert tuple(local.stage_cfgs["pair"].data.sources) == ("wordnet", "apt", "pydoc")
   assert local.stage_cfgs["pair"].model.attention == "bidirectional"
+  assert all(c.model.compute_dtype == "float32" for c in st.values())
+  mixed = plan_lib.Plan(config_lib.load_config(str(REPO / "configs/pipeline/smollm2.py") + ":local,bf16"), tmp_path)
+  assert all(c.model.compute_dtype == "bfloat16" for c in mixed.stage_cfgs.values())
+  assert mixed.stage_cfgs["ablation_causal_last"].model.attention == "causal"
+  assert mixed.stage_cfgs["pretrain"].data.source == "wordnet+apt+pydoc"
+  with pytest.raises(ValueError, match="unknown smollm2 pipeline variant \\['fp8'\\]"):
+    config_lib.load_config(str(REPO / "configs/pipeline/smollm2.py") + ":fp8")
 
 
 def test_plan_refuses_bad_zero_shot_rows(tmp_path):

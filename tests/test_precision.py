@@ -84,12 +84,12 @@ def _tiny(dtype, **kw):
                      mlp_dim=96, compute_dtype=dtype, remat="none", **kw)
 
 
-@pytest.mark.parametrize("family", ["qwen3", "qwen2"])
-def test_bf16_diffusion_step_tracks_float32(family):
+@pytest.mark.parametrize("family,residual", [("qwen3", "float32"), ("qwen2", "float32"), ("qwen3", "compute")])
+def test_bf16_diffusion_step_tracks_float32(family, residual):
   kw = dict(family="qwen2", qk_norm=False, qkv_bias=True) if family == "qwen2" else {}
   model32 = encoder.create_model(_tiny("float32", **kw), seed=0)
   params = encoder.params_of(model32)
-  model16 = encoder.model_from_params(_tiny("bfloat16", **kw), params)
+  model16 = encoder.model_from_params(_tiny("bfloat16", residual_dtype=residual, **kw), params)
   rs = np.random.RandomState(0)
   batch = {"input_ids": jnp.asarray(rs.randint(0, 120, (4, 24)), jnp.int32),
            "segment_ids": jnp.ones((4, 24), jnp.int32).at[3, 17:].set(0)}
@@ -113,12 +113,18 @@ def test_bf16_diffusion_step_tracks_float32(family):
     assert cos > 0.99, (jax.tree_util.keystr(path), cos)
 
 
-def test_bf16_encoder_keeps_float32_residual_stream():
-  cfg = _tiny("bfloat16")
+@pytest.mark.parametrize("residual,dtype", [("float32", jnp.float32), ("compute", BF16)])
+def test_bf16_encoder_residual_stream_has_the_configured_dtype(residual, dtype):
+  cfg = _tiny("bfloat16", residual_dtype=residual)
   model = encoder.create_model(cfg, seed=0)
   ids = jnp.zeros((2, 8), jnp.int32)
   jaxpr = jax.make_jaxpr(lambda i: model(i))(ids)
   scan = next(e for e in jaxpr.jaxpr.eqns if e.primitive.name == "scan")
   carry = scan.outvars[0]
-  assert carry.aval.dtype == jnp.float32  # the residual carried across layers
+  assert carry.aval.dtype == dtype  # the residual carried across layers
   assert model(ids).dtype == BF16  # the encoder's output is in the compute dtype (its documented contract)
+
+
+def test_residual_dtype_is_named_when_unknown():
+  with pytest.raises(ValueError, match=r"model.residual_dtype='bfloat16' is not one of \('float32', 'compute'\)"):
+    _tiny("bfloat16", residual_dtype="bfloat16")

@@ -8,16 +8,20 @@ pooling, no diffusion pretraining) with the pair stage's budget: the paper's que
 bidirectional + mean beats the decoder used as it was trained.
 
 `smollm2.py:local` trains on WordNet + apt package descriptions + stdlib docstrings (pretraining and pairs); man pages
-stay evaluation-only.
+stay evaluation-only. `smollm2.py:bf16` (or `local,bf16`) trains every stage in mixed precision (bfloat16 matmuls,
+float32 parameters, optimizer state, norms, losses and residual stream); evaluation and export stay float32.
 """
 
 from configs.model import smollm2_135m
 from configs.pipeline.base import base
 
 
-def get_config(data: str = "wordnet"):
-  if data not in ("wordnet", "local"):
-    raise ValueError(f"unknown data variant {data!r}; known: wordnet, local")
+def get_config(variant: str = "wordnet"):
+  parts = [v for v in variant.split(",") if v]
+  unknown = [v for v in parts if v not in ("wordnet", "local", "bf16")]
+  if unknown:
+    raise ValueError(f"unknown smollm2 pipeline variant {unknown} in {variant!r}; known: wordnet, local, bf16")
+  data = "local" if "local" in parts else "wordnet"
   start = smollm2_135m.gguf_path()
   arg = "" if data == "wordnet" else ":local"
   p = base({"pretrain": f"configs/pretrain/smollm2.py{arg}", "pair": f"configs/contrastive/smollm2.py{arg}",
@@ -36,4 +40,7 @@ def get_config(data: str = "wordnet"):
   p.eval.dims = (64, 128, 256, -1)
   p.eval.max_length = 128
   p.eval.mteb = False  # the export's parity with stock sentence-transformers is still checked
+  if "bf16" in parts:
+    for name in p.order:
+      p.stages[name].overrides = tuple(p.stages[name].overrides) + ("--config.model.compute_dtype=bfloat16",)
   return p
