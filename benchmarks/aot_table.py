@@ -157,9 +157,9 @@ def render(results: dict, args, started: str, done: bool) -> str:
       "bidirectional attention) at 100% of the chip's bf16 peak (v5p 459, v6e 918 TFLOP/s): a floor, not a "
       "prediction.",
       "",
-      "Reproduce (one command; a cell took 6-19 minutes to compile on this 2-core machine shared with other jobs, "
-      "load 8-13, the tiny configs ~20 s; `--jobs 2` overlaps two, `--reuse` keeps cells already compiled into "
-      "runs/aot_table):",
+      "Reproduce (one command; on this 2-core machine, idle, one compile takes 0.5-2 minutes and a swept cell "
+      "6 s-6.5 min, 50 minutes for the whole swept table; `--jobs 2` overlaps two, `--reuse` keeps cells already "
+      "compiled into --work):",
       "",
       "```bash",
       ".venv/bin/python benchmarks/aot_table.py "
@@ -173,7 +173,8 @@ def render(results: dict, args, started: str, done: bool) -> str:
       "v6e-N has N chips; topologies "
       + ", ".join(f"{p} = `{aot.POD_TOPOLOGIES[p]}`" for p in args.pods.split(",")) + ".",
       "",
-      "The remat sweep's choice and the embedding-gradient cell, re-measured later: [aot_sweep.md](aot_sweep.md).",
+      "Every cell before (2026-11-27) and after the mixed-precision, embedding-lookup and remat-sweep changes, and the "
+      "residual-dtype option: [aot_sweep.md](aot_sweep.md).",
       "",
       "| model | stage | pod (chips) | verdict | remat | attention | params + opt state (GiB) | temporaries (GiB) "
       "| total / budget (GiB) | step at 100% MFU | XLA FLOPs / model FLOPs |"
@@ -193,7 +194,11 @@ def render(results: dict, args, started: str, done: bool) -> str:
             "blocks, gradients); *total* = arguments + outputs - donated aliases + temporaries + code; *XLA FLOPs / "
             "model FLOPs* = `cost_analysis()` per chip over the analytic count: far below 1 because XLA counts the "
             "body of a scanned loop (the 28 or 36 layers, GradCache chunks, cross-entropy chunks) once, which is why "
-            "MFU uses the analytic count and XLA's own time estimate is not quoted here.", ""]
+            "MFU uses the analytic count. *remat sweep*: each policy's total, XLA's step-time estimate where libtpu "
+            "gives one (v5p; none for v6e) and whether it fits; the chosen one (bold) is the fastest that fits by "
+            "that estimate — comparable between policies of one cell, which share their loop structure, though it "
+            "counts loop bodies once — or, without estimates, the smallest. A policy saving more than one that "
+            "does not fit is not compiled (remat full saves nothing; dots saves a subset of what none saves).", ""]
   return "\n".join(lines)
 
 
