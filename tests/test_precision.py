@@ -84,12 +84,15 @@ def _tiny(dtype, **kw):
                      mlp_dim=96, compute_dtype=dtype, remat="none", **kw)
 
 
-@pytest.mark.parametrize("family,residual", [("qwen3", "float32"), ("qwen2", "float32"), ("qwen3", "compute")])
-def test_bf16_diffusion_step_tracks_float32(family, residual):
+@pytest.mark.parametrize("family,residual,projection", [("qwen3", "float32", "float32"), ("qwen2", "float32", "float32"),
+                                                         ("qwen3", "compute", "float32"), ("qwen3", "compute", "compute"),
+                                                         ("qwen2", "float32", "compute")])
+def test_bf16_diffusion_step_tracks_float32(family, residual, projection):
   kw = dict(family="qwen2", qk_norm=False, qkv_bias=True) if family == "qwen2" else {}
   model32 = encoder.create_model(_tiny("float32", **kw), seed=0)
   params = encoder.params_of(model32)
-  model16 = encoder.model_from_params(_tiny("bfloat16", residual_dtype=residual, **kw), params)
+  model16 = encoder.model_from_params(_tiny("bfloat16", residual_dtype=residual, projection_dtype=projection, **kw),
+                                      params)
   rs = np.random.RandomState(0)
   batch = {"input_ids": jnp.asarray(rs.randint(0, 120, (4, 24)), jnp.int32),
            "segment_ids": jnp.ones((4, 24), jnp.int32).at[3, 17:].set(0)}
@@ -125,6 +128,36 @@ def test_bf16_encoder_residual_stream_has_the_configured_dtype(residual, dtype):
   assert model(ids).dtype == BF16  # the encoder's output is in the compute dtype (its documented contract)
 
 
+def _dot_outputs(jaxpr) -> list:
+  """Output dtypes of every dot_general in a jaxpr, sub-jaxprs (scan, custom_vjp, remat) included."""
+  out = []
+  for e in jaxpr.eqns:
+    if e.primitive.name == "dot_general":
+      out.append(jnp.dtype(e.outvars[0].aval.dtype))
+    for v in e.params.values():
+      for sub in (v if isinstance(v, (tuple, list)) else (v,)):
+        sub = sub if hasattr(sub, "eqns") else getattr(sub, "jaxpr", None)
+        if sub is not None and hasattr(sub, "eqns"):
+          out += _dot_outputs(sub)
+  return out
+
+
+@pytest.mark.parametrize("projection", ["float32", "compute"])
+def test_bf16_projection_outputs_have_the_configured_dtype(projection):
+  model = encoder.create_model(_tiny("bfloat16", projection_dtype=projection, attention_impl="xla"), seed=0)
+  ids = jnp.zeros((2, 8), jnp.int32)
+  outs = _dot_outputs(jax.make_jaxpr(lambda i: model(i))(ids).jaxpr)
+  want = jnp.dtype(jnp.float32 if projection == "float32" else BF16)
+  # the scanned layer's seven projections (q, k, v, o, gate, up, down) plus attention's two dots
+  assert len(outs) == 9 and outs.count(want) >= 7, outs
+  # float32 compute ignores the option: the parity path is one program
+  f32 = lambda pd: str(jax.make_jaxpr(encoder.create_model(
+      _tiny("float32", projection_dtype=pd, attention_impl="xla"), seed=0))(ids))
+  assert f32("compute") == f32("float32")
+
+
 def test_residual_dtype_is_named_when_unknown():
   with pytest.raises(ValueError, match=r"model.residual_dtype='bfloat16' is not one of \('float32', 'compute'\)"):
     _tiny("bfloat16", residual_dtype="bfloat16")
+  with pytest.raises(ValueError, match=r"model.projection_dtype='bf16' is not one of \('float32', 'compute'\)"):
+    _tiny("bfloat16", projection_dtype="bf16")

@@ -10,8 +10,10 @@ def get_config():
       rms_norm_eps=9.999999747378752e-06,  # the GGUF stores 1e-5 as float32; an architecture field must match it
       tie_embeddings=True, family="llama", qk_norm=False, attention="bidirectional", attention_impl="auto",
       param_dtype="float32",
-      # CPU: float32 is no slower than bf16 here today (design.md), and remat buys nothing at these sizes.
-      compute_dtype="float32", remat="none", scan_layers=True, max_position_embeddings=8192))
+      # float32: the parity path (`smollm2.py:bf16` trains in mixed precision). remat: saving the projection outputs
+      # and recomputing the rest beats saving everything on CPU (the scan stacks every saved value per layer):
+      # measured in the trainer, 16 x 128 diffusion step, bf16, 2 cores: none 11.5 s, dots_with_no_batch_dims 8.5 s.
+      compute_dtype="float32", remat="dots_with_no_batch_dims", scan_layers=True, max_position_embeddings=8192))
 
 
 GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"

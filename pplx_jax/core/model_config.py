@@ -23,7 +23,7 @@ ATTENTION_KINDS = ("bidirectional", "causal")
 ATTENTION_IMPLS = ("auto", "xla", "cudnn", "splash")
 REMAT_POLICIES = ("none", "full", "dots", "dots_with_no_batch_dims", "save_attention_out")
 DTYPES = ("float32", "bfloat16", "float16")
-RESIDUAL_DTYPES = ("float32", "compute")
+RESIDUAL_DTYPES = ("float32", "compute")  # also the choices of projection_dtype
 FAMILIES = ("qwen3", "llama", "qwen2")
 # The fields that change the function a checkpoint computes or the parameters it holds: a checkpoint can only be
 # loaded into a config that agrees on all of them (the others are how to run it: attention kind, dtypes, remat).
@@ -54,6 +54,10 @@ class ModelConfig:
   # (the compute dtype: under mixed precision this halves the layer inputs every remat policy keeps for the backward
   # pass, the largest item of a paper-scale step: docs/aot_sweep.md). Float32 compute makes both the same.
   residual_dtype: str = "float32"
+  # The projections' outputs (q/k/v/o, the MLP) under mixed precision: "float32" (the default: XLA:CPU's fast 16-bit
+  # kernels need a float32 output, models/precision.py) or "compute" (16-bit outputs, still accumulated in float32 by
+  # the TPU MXU / GPU tensor cores: halves what remat recomputes inside a layer, docs/aot_sweep.md).
+  projection_dtype: str = "float32"
   remat: str = "full"
   scan_layers: bool = True
   max_position_embeddings: int = 40_960
@@ -82,7 +86,8 @@ class ModelConfig:
       problems.append(f"model.head_dim={self.head_dim} must be even for rotary embeddings")
     for name, allowed in (("attention", ATTENTION_KINDS), ("attention_impl", ATTENTION_IMPLS), ("remat", REMAT_POLICIES),
                           ("param_dtype", DTYPES), ("compute_dtype", DTYPES),
-                          ("residual_dtype", RESIDUAL_DTYPES), ("family", FAMILIES),
+                          ("residual_dtype", RESIDUAL_DTYPES), ("projection_dtype", RESIDUAL_DTYPES),
+                          ("family", FAMILIES),
                           ("rope_type", ROPE_TYPES)):
       if getattr(self, name) not in allowed:
         problems.append(f"model.{name}={getattr(self, name)!r} is not one of {allowed}")

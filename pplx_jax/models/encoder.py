@@ -121,11 +121,12 @@ def decoder_layer(p: dict[str, jax.Array], x: jax.Array, cos: jax.Array, sin: ja
   The projections run over flattened tokens [B*S, D]: with [B, S, D] operands autodiff's weight gradients contract
   two dims (b, s) and XLA:CPU materialises a transposed copy of every [B*S, F] activation gradient; with one token
   dim each weight gradient is a plain A^T B dot (23-27% faster CPU steps, benchmarks/README.md). Every dot goes
-  through `precision.matmul`: under a 16-bit compute dtype the projections take 16-bit operands and return float32,
-  and x (the residual stream) stays float32.
+  through `precision.matmul`: under a 16-bit compute dtype the projections take 16-bit operands and return float32
+  (or the compute dtype: `model.projection_dtype`), and x (the residual stream) is `model.residual_dtype`.
   """
   cdt = to_dtype(cfg.compute_dtype)
-  mm = lambda a, name, in_dims=1: precision.matmul(a, p[name], cdt, in_dims)
+  pdt = jnp.float32 if cfg.projection_dtype == "float32" else cdt
+  mm = lambda a, name, in_dims=1: precision.matmul(a, p[name], cdt, in_dims, pdt)
   b, s, d = x.shape
   t = b * s
   n, kv, hd = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim

@@ -2,7 +2,8 @@
 
 Mixed precision (`model.compute_dtype` = bfloat16 / float16, parameters and optimizer state in float32):
   * every projection (q/k/v/o, the MLP, the LM head) takes 16-bit operands and accumulates in float32
-    (`preferred_element_type=float32`), forward and backward; its output is float32;
+    (`preferred_element_type=float32`), forward and backward; its output is float32, or 16-bit where the caller asks
+    (`model.projection_dtype=compute`, for TPU/GPU memory: their matrix units accumulate in float32 either way);
   * the weight gradient comes out of a float32-accumulating dot in float32 (no 16-bit round trip of gradients);
   * the residual stream, norms, softmax, losses and similarities stay float32 (the callers do that).
 float32 compute is the parity-test path: there `matmul` is the plain `dot_general` the model always ran.
@@ -31,9 +32,9 @@ def is_mixed(compute_dtype) -> bool:
   return jnp.dtype(compute_dtype).itemsize < 4
 
 
-def dot(a: jax.Array, b: jax.Array, contract: tuple[int, int] = (1, 0)) -> jax.Array:
-  """A 2-D dot contracting a[contract[0]] with b[contract[1]], accumulated and returned in float32."""
-  return jax.lax.dot_general(a, b, (((contract[0],), (contract[1],)), ((), ())), preferred_element_type=F32)
+def dot(a: jax.Array, b: jax.Array, contract: tuple[int, int] = (1, 0), out=F32) -> jax.Array:
+  """A 2-D dot contracting a[contract[0]] with b[contract[1]], accumulated in float32 and returned as `out`."""
+  return jax.lax.dot_general(a, b, (((contract[0],), (contract[1],)), ((), ())), preferred_element_type=out)
 
 
 def _transposed(x: jax.Array) -> jax.Array:
@@ -66,18 +67,18 @@ def _unfused_transposed(x, g):
   return jax.lax.cond(pred, _transposed, _transposed, x)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _mixed_matmul(x: jax.Array, w: jax.Array, compute_dtype) -> jax.Array:
-  return dot(x.astype(compute_dtype), w.astype(compute_dtype))
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _mixed_matmul(x: jax.Array, w: jax.Array, compute_dtype, out_dtype) -> jax.Array:
+  return dot(x.astype(compute_dtype), w.astype(compute_dtype), out=out_dtype)
 
 
-def _mixed_fwd(x, w, compute_dtype):
+def _mixed_fwd(x, w, compute_dtype, out_dtype):
   xc, wc = x.astype(compute_dtype), w.astype(compute_dtype)
   # zero-size arrays carry the primal dtypes into the backward pass (residuals must be arrays)
-  return dot(xc, wc), (xc, wc, jnp.zeros((0,), x.dtype), jnp.zeros((0,), w.dtype))
+  return dot(xc, wc, out=out_dtype), (xc, wc, jnp.zeros((0,), x.dtype), jnp.zeros((0,), w.dtype))
 
 
-def _mixed_bwd(compute_dtype, res, g):
+def _mixed_bwd(compute_dtype, out_dtype, res, g):
   xc, wc, x_like, w_like = res
   gc = g.astype(compute_dtype)
   dx = dot(gc, wc, (1, 1)).astype(x_like.dtype)
@@ -88,12 +89,13 @@ def _mixed_bwd(compute_dtype, res, g):
 _mixed_matmul.defvjp(_mixed_fwd, _mixed_bwd)
 
 
-def matmul(x: jax.Array, w: jax.Array, compute_dtype, in_dims: int = 1) -> jax.Array:
+def matmul(x: jax.Array, w: jax.Array, compute_dtype, in_dims: int = 1, out_dtype=F32) -> jax.Array:
   """A projection: x [T, *K] times w [*K, *F] (K = the last `in_dims` dims of x, the first of w) -> [T, *F].
 
-  float32 compute: `dot_general(x, w.astype(compute_dtype))` (the result is in x's dtype, as the model always ran).
-  16-bit compute: 16-bit operands, float32 accumulation and a float32 result; the backward dots are the same, and
-  the gradient of w comes out in w's dtype from a float32 accumulator.
+  float32 compute: `dot_general(x, w.astype(compute_dtype))` (the result is in x's dtype, as the model always ran;
+  `out_dtype` does not apply). 16-bit compute: 16-bit operands, float32 accumulation and an `out_dtype` result
+  (float32 unless the caller asks for the compute dtype); the backward dots accumulate in float32 too, and the
+  gradient of w comes out in w's dtype from a float32 accumulator.
   """
   if x.ndim != in_dims + 1:
     raise ValueError(f"matmul: x {x.shape} must be [tokens, *K] with {in_dims} contracting dim(s) (flatten tokens)")
@@ -108,7 +110,7 @@ def matmul(x: jax.Array, w: jax.Array, compute_dtype, in_dims: int = 1) -> jax.A
     k *= n
   for n in f_shape:
     f *= n
-  y = _mixed_matmul(x.reshape(x.shape[0], k), w.reshape(k, f), jnp.dtype(compute_dtype))
+  y = _mixed_matmul(x.reshape(x.shape[0], k), w.reshape(k, f), jnp.dtype(compute_dtype), jnp.dtype(out_dtype))
   return y.reshape((x.shape[0],) + tuple(f_shape))
 
 

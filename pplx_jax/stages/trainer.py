@@ -180,8 +180,8 @@ def _quiet(msg: str) -> None:
   pass
 
 
-RUNTIME_FIELDS = ("attention", "attention_impl", "compute_dtype", "residual_dtype", "remat", "scan_layers",
-                  "param_dtype")
+RUNTIME_FIELDS = ("attention", "attention_impl", "compute_dtype", "residual_dtype", "projection_dtype", "remat",
+                  "scan_layers", "param_dtype")
 
 
 def _resumed_model_config(step_dir: Path, model_cfg: ModelConfig) -> ModelConfig:
