@@ -56,7 +56,7 @@ class ModelConfig:
   residual_dtype: str = "float32"
   # The projections' outputs (q/k/v/o, the MLP) under mixed precision: "float32" (the default: XLA:CPU's fast 16-bit
   # kernels need a float32 output, models/precision.py) or "compute" (16-bit outputs, still accumulated in float32 by
-  # the TPU MXU / GPU tensor cores: halves what remat recomputes inside a layer, docs/aot_sweep.md).
+  # the TPU MXU / GPU tensor cores: half the bytes of every projection's output; docs/aot_sweep.md measures it).
   projection_dtype: str = "float32"
   remat: str = "full"
   scan_layers: bool = True
