@@ -23,7 +23,7 @@ ATTENTION_KINDS = ("bidirectional", "causal")
 ATTENTION_IMPLS = ("auto", "xla", "cudnn", "splash")
 REMAT_POLICIES = ("none", "full", "dots", "dots_with_no_batch_dims", "save_attention_out")
 DTYPES = ("float32", "bfloat16", "float16")
-RESIDUAL_DTYPES = ("float32", "compute")  # also the choices of projection_dtype
+HELD_DTYPES = ("float32", "compute")  # what residual_dtype / projection_dtype hold a value in under mixed precision
 FAMILIES = ("qwen3", "llama", "qwen2")
 # The fields that change the function a checkpoint computes or the parameters it holds: a checkpoint can only be
 # loaded into a config that agrees on all of them (the others are how to run it: attention kind, dtypes, remat).
@@ -86,7 +86,7 @@ class ModelConfig:
       problems.append(f"model.head_dim={self.head_dim} must be even for rotary embeddings")
     for name, allowed in (("attention", ATTENTION_KINDS), ("attention_impl", ATTENTION_IMPLS), ("remat", REMAT_POLICIES),
                           ("param_dtype", DTYPES), ("compute_dtype", DTYPES),
-                          ("residual_dtype", RESIDUAL_DTYPES), ("projection_dtype", RESIDUAL_DTYPES),
+                          ("residual_dtype", HELD_DTYPES), ("projection_dtype", HELD_DTYPES),
                           ("family", FAMILIES),
                           ("rope_type", ROPE_TYPES)):
       if getattr(self, name) not in allowed:

@@ -124,8 +124,7 @@ def decoder_layer(p: dict[str, jax.Array], x: jax.Array, cos: jax.Array, sin: ja
   through `precision.matmul`: under a 16-bit compute dtype the projections take 16-bit operands and return float32
   (or the compute dtype: `model.projection_dtype`), and x (the residual stream) is `model.residual_dtype`.
   """
-  cdt = to_dtype(cfg.compute_dtype)
-  pdt = jnp.float32 if cfg.projection_dtype == "float32" else cdt
+  cdt, pdt = to_dtype(cfg.compute_dtype), held_dtype(cfg.projection_dtype, cfg)
   mm = lambda a, name, in_dims=1: precision.matmul(a, p[name], cdt, in_dims, pdt)
   b, s, d = x.shape
   t = b * s
@@ -161,10 +160,10 @@ def _bias(p, name, like, cdt):
   return p[name].astype(like.dtype if precision.is_mixed(cdt) else cdt)
 
 
-def residual_dtype(cfg: ModelConfig):
-  """The residual stream's dtype: float32 (`model.residual_dtype`'s default: 16-bit sums of 30+ layers drift), or
-  the compute dtype ("compute")."""
-  return jnp.float32 if cfg.residual_dtype == "float32" else to_dtype(cfg.compute_dtype)
+def held_dtype(choice: str, cfg: ModelConfig):
+  """The dtype a `model.residual_dtype` / `model.projection_dtype` choice names: float32 (the defaults: 16-bit sums
+  of 30+ layers drift; XLA:CPU's fast 16-bit dots need a float32 output), or the compute dtype ("compute")."""
+  return jnp.float32 if choice == "float32" else to_dtype(cfg.compute_dtype)
 
 
 def remat_policy(name: str):
@@ -277,7 +276,7 @@ class Encoder(nnx.Module):
     segment_ids = segment_ids.astype(jnp.int32)
     if positions is None:
       positions = segment_positions(segment_ids)
-    x = embed_lookup(self.embed_tokens[...], input_ids).astype(residual_dtype(cfg))
+    x = embed_lookup(self.embed_tokens[...], input_ids).astype(held_dtype(cfg.residual_dtype, cfg))
     x = constrain(x, ("act_batch", "act_length", "act_embed"))
     cos, sin = rope_tables(positions, cfg)
 
